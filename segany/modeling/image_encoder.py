@@ -1,0 +1,177 @@
+"""The ViT image encoder: patch embedding, windowed and global attention blocks, conv neck.
+
+It runs once per image and is where almost all of SAM's compute goes, so attention goes
+through ``scaled_dot_product_attention`` with the decomposed relative-position bias as an
+additive mask, instead of materialising and re-writing the full attention matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from segany.modeling.blocks import DropPath, FeedForward, LayerNorm2d
+
+
+def relative_position_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
+    """Expand a learned (2*size-1, C) table into per-pair embeddings (size, size, C).
+
+    Entry [i, j] holds the embedding of the offset i - j between query row i and key row j.
+    """
+    if rel_pos.shape[0] != 2 * size - 1:
+        raise ValueError(
+            f"relative position table has {rel_pos.shape[0]} rows, expected {2 * size - 1} for a "
+            f"{size}-token side: the image size does not match the one the encoder was built for"
+        )
+    offsets = torch.arange(size, device=rel_pos.device)
+    index = offsets[:, None] - offsets[None, :] + (size - 1)
+    return rel_pos[index]
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens with one strided convolution; output is BxHxWxC."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class RelPosAttention(nn.Module):
+    """Multi-head self-attention over a 2-D token grid with decomposed relative positions."""
+
+    def __init__(self, dim: int, num_heads: int, grid_size: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * grid_size - 1, head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid_size - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, dim = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x).view(batch, height * width, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each B x heads x N x head_dim
+        bias = self._relative_position_bias(q, height, width)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(batch, height, width, dim)
+        return self.proj(out)
+
+    def _relative_position_bias(self, q: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Additive attention bias q·R_h + q·R_w, shaped B x heads x N x N for SDPA."""
+        batch, heads, tokens, head_dim = q.shape
+        grid_q = q.reshape(batch * heads, height, width, head_dim)
+        table_h = relative_position_table(self.rel_pos_h, height).to(q.dtype)
+        table_w = relative_position_table(self.rel_pos_w, width).to(q.dtype)
+        bias_h = torch.einsum("nhwc,hkc->nhwk", grid_q, table_h)
+        bias_w = torch.einsum("nhwc,wkc->nhwk", grid_q, table_w)
+        bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
+        return bias.reshape(batch, heads, tokens, tokens)
+
+
+def partition_windows(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad a BxHxWxC grid to multiples of ``window`` and cut it into window x window tiles."""
+    batch, height, width, channels = x.shape
+    pad_h = (window - height % window) % window
+    pad_w = (window - width % window) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    padded_h, padded_w = height + pad_h, width + pad_w
+    x = x.view(batch, padded_h // window, window, padded_w // window, window, channels)
+    tiles = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, channels)
+    return tiles, (padded_h, padded_w)
+
+
+def merge_windows(tiles: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`partition_windows`: stitch tiles back and drop the padding."""
+    padded_h, padded_w = padded
+    channels = tiles.shape[-1]
+    batch = tiles.shape[0] // ((padded_h // window) * (padded_w // window))
+    x = tiles.view(batch, padded_h // window, padded_w // window, window, window, channels)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, channels)
+    return x[:, : size[0], : size[1], :]
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block; attends within windows, or globally when ``window_size`` is 0."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        grid_size: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = RelPosAttention(dim, num_heads, window_size if window_size > 0 else grid_size)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = FeedForward(dim, int(dim * mlp_ratio), nn.GELU)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attended = self.norm1(x)
+        if self.window_size > 0:
+            size = attended.shape[1:3]
+            tiles, padded = partition_windows(attended, self.window_size)
+            attended = merge_windows(self.attn(tiles), self.window_size, padded, size)
+        else:
+            attended = self.attn(attended)
+        x = x + self.drop_path(attended)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ImageEncoderViT(nn.Module):
+    """ViT backbone + neck: a padded img_size² image to an out_chans x (img_size/patch)² embedding."""
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        window_size: int = 14,
+        global_attn_indexes: tuple[int, ...] = (),
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+        drop_rates = [drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
+        self.blocks = nn.ModuleList(
+            EncoderBlock(
+                embed_dim,
+                num_heads,
+                window_size=0 if index in global_attn_indexes else window_size,
+                grid_size=grid,
+                mlp_ratio=mlp_ratio,
+                drop_path=drop_rates[index],
+            )
+            for index in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))

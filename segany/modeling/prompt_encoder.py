@@ -1,0 +1,134 @@
+"""Prompt encoder: points and box corners become sparse tokens, a mask prompt becomes a dense map.
+
+Positions are encoded with random Fourier features (a fixed Gaussian projection, then sin/cos),
+the same encoding that gives the image embedding its positional map, so prompts and image
+features live in one coordinate system.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from segany.modeling.blocks import LayerNorm2d
+
+PAD_LABEL = -1
+NEGATIVE_LABEL = 0
+POSITIVE_LABEL = 1
+
+
+class RandomFourierEncoding(nn.Module):
+    """Encode normalised (x, y) positions as sin/cos of a fixed random projection."""
+
+    def __init__(self, num_pos_feats: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn(2, num_pos_feats))
+
+    def encode(self, coords: torch.Tensor) -> torch.Tensor:
+        """Map coordinates in [0, 1] (..., 2) to features (..., 2 * num_pos_feats)."""
+        projected = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
+        projected = 2 * math.pi * projected
+        return torch.cat([torch.sin(projected), torch.cos(projected)], dim=-1)
+
+    def grid(self, height: int, width: int) -> torch.Tensor:
+        """Encoding of every cell centre of a height x width grid, as C x H x W."""
+        device = self.positional_encoding_gaussian_matrix.device
+        ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+        xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+        coords = torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)], dim=-1)
+        return self.encode(coords).permute(2, 0, 1)
+
+    def points(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Encoding of pixel-space points (B x N x 2, x then y) inside an image of (H, W)."""
+        normalised = coords / coords.new_tensor([image_size[1], image_size[0]])
+        return self.encode(normalised.float())
+
+
+class PromptEncoder(nn.Module):
+    """Embed points, boxes and mask prompts for the mask decoder."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        image_embedding_size: tuple[int, int],
+        input_image_size: tuple[int, int],
+        mask_in_chans: int = 16,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.image_embedding_size = image_embedding_size
+        self.input_image_size = input_image_size
+        self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
+        self.pe_layer = RandomFourierEncoding(embed_dim // 2)
+        # Learned offsets added to the positional encoding: negative point, positive point,
+        # top-left box corner, bottom-right box corner.
+        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans // 4),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, embed_dim)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        """Positional encoding of the image embedding grid, 1 x C x H x W."""
+        return self.pe_layer.grid(*self.image_embedding_size).unsqueeze(0)
+
+    def embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+        """Points (B x N x 2 pixels, labels B x N) to tokens; ``pad`` appends the no-box padding point."""
+        coords = coords + 0.5  # pixel centres
+        if pad:
+            coords = torch.cat([coords, coords.new_zeros(coords.shape[0], 1, 2)], dim=1)
+            labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), PAD_LABEL)], dim=1)
+        tokens = self.pe_layer.points(coords, self.input_image_size)
+        labels = labels[..., None]
+        tokens = torch.where(labels == PAD_LABEL, self.not_a_point_embed.weight, tokens)
+        tokens = tokens + (labels == NEGATIVE_LABEL) * self.point_embeddings[0].weight
+        return tokens + (labels == POSITIVE_LABEL) * self.point_embeddings[1].weight
+
+    def embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Boxes (B x 4, XYXY pixels) to two corner tokens each."""
+        corners = (boxes + 0.5).reshape(-1, 2, 2)
+        tokens = self.pe_layer.points(corners, self.input_image_size)
+        corner_offsets = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
+        return tokens + corner_offsets
+
+    def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        return self.mask_downscaling(masks)
+
+    def forward(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (sparse B x N x C tokens, dense B x C x H x W embedding)."""
+        batch = self._batch_size(points, boxes, masks)
+        weight = self.no_mask_embed.weight
+        sparse = [weight.new_empty(batch, 0, self.embed_dim)]
+        if points is not None:
+            sparse.append(self.embed_points(points[0], points[1], pad=boxes is None))
+        if boxes is not None:
+            sparse.append(self.embed_boxes(boxes))
+        if masks is not None:
+            dense = self.embed_masks(masks)
+        else:
+            dense = weight.reshape(1, -1, 1, 1).expand(batch, -1, *self.image_embedding_size)
+        return torch.cat(sparse, dim=1), dense
+
+    @staticmethod
+    def _batch_size(points, boxes, masks) -> int:
+        if points is not None:
+            return points[0].shape[0]
+        if boxes is not None:
+            return boxes.shape[0]
+        if masks is not None:
+            return masks.shape[0]
+        return 1

@@ -1,0 +1,97 @@
+"""Sam: the image encoder, prompt encoder and mask decoder, with pre- and post-processing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from segany.modeling.mask_decoder import MaskDecoder
+from segany.modeling.prompt_encoder import PromptEncoder
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Sam(nn.Module):
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: tuple[float, float, float] = PIXEL_MEAN,
+        pixel_std: tuple[float, float, float] = PIXEL_STD,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.img_size
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise a resized image (..., 3, h, w) and zero-pad it to the square encoder input."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        height, width = x.shape[-2:]
+        return F.pad(x, (0, self.img_size - width, 0, self.img_size - height))
+
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Upscale low-res logits to the padded input, drop the padding, resize to the original image.
+
+        Only the source rows/columns that reach the unpadded region are upscaled (identical
+        values, since bilinear sampling at a fixed scale is local), which saves the work spent
+        on padding for non-square images.
+        """
+        scale = self.img_size // masks.shape[-1]
+        rows = min(masks.shape[-2], -(-input_size[0] // scale) + 1)
+        cols = min(masks.shape[-1], -(-input_size[1] // scale) + 1)
+        upscaled = F.interpolate(
+            masks[..., :rows, :cols],
+            scale_factor=float(scale),
+            mode="bilinear",
+            align_corners=False,
+            recompute_scale_factor=False,
+        )
+        cropped = upscaled[..., : input_size[0], : input_size[1]]
+        return F.interpolate(cropped, tuple(original_size), mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
+        """Segment a batch of already-resized images, each with its own prompts (official API)."""
+        images = torch.stack([self.preprocess(record["image"]) for record in batched_input])
+        embeddings = self.image_encoder(images)
+        outputs = []
+        for record, embedding in zip(batched_input, embeddings):
+            points = None
+            if "point_coords" in record:
+                points = (record["point_coords"], record["point_labels"])
+            sparse, dense = self.prompt_encoder(
+                points=points, boxes=record.get("boxes"), masks=record.get("mask_inputs")
+            )
+            low_res, iou = self.mask_decoder(
+                image_embeddings=embedding.unsqueeze(0),
+                image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+            masks = self.postprocess_masks(low_res, record["image"].shape[-2:], record["original_size"])
+            outputs.append(
+                {"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res}
+            )
+        return outputs

@@ -1,0 +1,185 @@
+"""SamPredictor: embed an image once, then answer any number of prompts on it cheaply."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from segany.io import check_image_array
+from segany.modeling import Sam
+from segany.transforms import ResizeLongestSide
+
+
+class ImageNotSetError(RuntimeError, ValueError):
+    """Prompting before ``set_image``. A RuntimeError like the official package's, and a ValueError."""
+
+
+class SamPredictor:
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Compute the embedding of an HxWx3 uint8 image in ``image_format`` ("RGB" or "BGR")."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        check_image_array(image)
+        if image_format != self.model.image_format:
+            image = image[..., ::-1]
+        resized = self.transform.apply_image(np.ascontiguousarray(image))
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(tensor, image.shape[:2])
+
+    @torch.inference_mode()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Embed an already-resized 1x3xHxW image whose longest side is the encoder size."""
+        shape = tuple(transformed_image.shape)
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != 3 or max(shape[2:]) != self.model.img_size:
+            raise ValueError(
+                f"set_torch_image expects a 1x3xHxW tensor with longest side {self.model.img_size}, got {shape}"
+            )
+        self.reset_image()
+        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
+        self.input_size = (shape[2], shape[3])
+        self.orig_h, self.orig_w = self.original_size
+        self.input_h, self.input_w = self.input_size
+        dtype = next(self.model.image_encoder.parameters()).dtype
+        pixels = self.model.preprocess(transformed_image.to(self.device, torch.float32)).to(dtype)
+        self.features = self.model.image_encoder(pixels).float()
+        self.is_image_set = True
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks (C x H x W), their predicted IoUs (C) and low-res logits (C x h x w) for one prompt.
+
+        Points are pixel (x, y) of the original image with labels 1 (foreground) / 0
+        (background); ``box`` is XYXY; ``mask_input`` is a previous call's low-res logits
+        (1 x h x w). C is 3 with ``multimask_output`` and 1 without.
+        """
+        self._require_image()
+        coords_torch = labels_torch = box_torch = mask_torch = None
+        if point_coords is not None or point_labels is not None:
+            coords, labels = self._check_points(point_coords, point_labels)
+            coords = self.transform.apply_coords(coords, self.original_size)
+            coords_torch = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+            labels_torch = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            box = self.transform.apply_boxes(self._check_box(box), self.original_size)
+            box_torch = torch.as_tensor(box, dtype=torch.float, device=self.device)
+        if mask_input is not None:
+            mask_torch = torch.as_tensor(self._check_mask_input(mask_input), dtype=torch.float, device=self.device)[None]
+        if coords_torch is None and box_torch is None and mask_torch is None:
+            raise ValueError("no prompt given: pass point_coords/point_labels, box, or mask_input")
+        masks, iou_predictions, low_res_masks = self.predict_torch(
+            coords_torch, labels_torch, box_torch, mask_torch, multimask_output, return_logits
+        )
+        return masks[0].cpu().numpy(), iou_predictions[0].cpu().numpy(), low_res_masks[0].cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prompts already in the resized frame (see ``transform``): BxNx2, BxN, Bx4, Bx1xhxw."""
+        self._require_image()
+        points = None
+        if point_coords is not None:
+            if point_labels is None or point_coords.shape[:2] != point_labels.shape[:2] or point_coords.shape[-1] != 2:
+                raise ValueError(
+                    "point_coords must be BxNx2 with point_labels BxN, got "
+                    f"{tuple(point_coords.shape)} and {None if point_labels is None else tuple(point_labels.shape)}"
+                )
+            points = (point_coords, point_labels)
+        if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
+            raise ValueError(f"boxes must be Bx4 (XYXY), got {tuple(boxes.shape)}")
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res_masks, iou_predictions = self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou_predictions, low_res_masks
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image's embedding, 1 x C x h x w."""
+        self._require_image()
+        return self.features
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise ImageNotSetError("an image must be set with .set_image(...) before mask prediction")
+
+    def _check_points(self, point_coords, point_labels) -> tuple[np.ndarray, np.ndarray]:
+        if point_coords is None or point_labels is None:
+            raise ValueError("point_coords and point_labels must be given together")
+        coords = np.asarray(point_coords, dtype=float)
+        labels = np.asarray(point_labels)
+        if coords.ndim != 2 or coords.shape[1] != 2:
+            raise ValueError(f"point_coords must have shape Nx2 (x, y), got {coords.shape}")
+        if len(coords) == 0:
+            raise ValueError("point_coords is empty: give at least one point")
+        if labels.shape != (len(coords),):
+            raise ValueError(f"point_labels must have shape ({len(coords)},) to match point_coords, got {labels.shape}")
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}")
+        self._check_inside(coords, "point_coords")
+        return coords, labels
+
+    def _check_box(self, box) -> np.ndarray:
+        box = np.asarray(box, dtype=float)
+        if box.size != 4 or box.ndim > 2:
+            raise ValueError(f"box must have 4 values (x0, y0, x1, y1), got shape {box.shape}")
+        box = box.reshape(4)
+        self._check_inside(box.reshape(2, 2), "box")
+        if box[2] < box[0] or box[3] < box[1]:
+            raise ValueError(f"box must be XYXY with x1 >= x0 and y1 >= y0, got {box.tolist()}")
+        return box
+
+    def _check_inside(self, coords: np.ndarray, name: str) -> None:
+        if not np.isfinite(coords).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        height, width = self.original_size
+        outside = (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (coords[:, 1] > height)
+        if outside.any():
+            raise ValueError(
+                f"{name} {coords[outside].tolist()} outside the {width}x{height} (WxH) image"
+            )
+
+    def _check_mask_input(self, mask_input) -> np.ndarray:
+        mask = np.asarray(mask_input, dtype=np.float32)
+        side = self.model.prompt_encoder.mask_input_size
+        if mask.shape != (1, *side):
+            raise ValueError(f"mask_input must have shape (1, {side[0]}, {side[1]}) (low-res logits), got {mask.shape}")
+        if not np.isfinite(mask).all():
+            raise ValueError("mask_input contains NaN or infinite values")
+        return mask

@@ -1,0 +1,105 @@
+"""The official ``segment_anything`` package as a test oracle.
+
+Builds the official model and segany's from one configuration, with identical seeded random
+weights, so that any difference in outputs is a difference in the implementations.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+import segany
+from segany.build import SamConfig, build_model
+
+official = pytest.importorskip("segment_anything", reason="the official package is the parity oracle")
+from segment_anything.modeling import (  # noqa: E402
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+
+# Reduced configuration for parity: non-square windows padding (20 tokens, window 7),
+# two global blocks, SAM's real prompt encoder and mask decoder.
+PARITY_CONFIG = SamConfig(
+    encoder_embed_dim=96,
+    encoder_depth=4,
+    encoder_num_heads=3,
+    encoder_global_attn_indexes=(1, 3),
+    image_size=320,
+    window_size=7,
+)
+
+
+def build_official(config: SamConfig) -> Sam:
+    """The official Sam for ``config``, built with the official classes."""
+    grid = config.embedding_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.image_size,
+            mlp_ratio=config.mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+            window_size=config.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    ).eval()
+
+
+def randomize_(model: torch.nn.Module, seed: int) -> None:
+    """Give every parameter seeded random values, including those initialised to zero or one.
+
+    Scales follow each tensor's fan-in so activations stay in a useful range.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator)
+            if tensor.ndim >= 2 and "gaussian_matrix" not in name:
+                fan_in = tensor[0].numel()
+                tensor.copy_(noise / fan_in**0.5)
+            elif name.endswith("weight") and tensor.ndim == 1:  # norm scales
+                tensor.copy_(1.0 + 0.1 * noise)
+            else:
+                tensor.copy_(noise * (1.0 if "gaussian_matrix" in name else 0.1))
+
+
+def build_model_pair(seed: int = 0, config: SamConfig = PARITY_CONFIG) -> tuple[Sam, segany.Sam]:
+    """(official, segany) models of ``config`` holding the same seeded random weights."""
+    reference = build_official(config)
+    randomize_(reference, seed)
+    ours = build_model(config)
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
