@@ -27,6 +27,8 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features: torch.Tensor | None = None
+        self._image_pe: torch.Tensor | None = None
+        self._image_side = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
@@ -52,13 +54,28 @@ class SamPredictor:
                 f"set_torch_image expects a 1x3xHxW tensor with longest side {self.model.img_size}, got {shape}"
             )
         self.reset_image()
-        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
-        self.input_size = (shape[2], shape[3])
-        self.orig_h, self.orig_w = self.original_size
-        self.input_h, self.input_w = self.input_size
         dtype = next(self.model.image_encoder.parameters()).dtype
         pixels = self.model.preprocess(transformed_image.to(self.device, torch.float32)).to(dtype)
-        self.features = self.model.image_encoder(pixels).float()
+        self.set_image_embedding(self.model.image_encoder(pixels).float(), original_image_size, shape[2:])
+
+    @torch.inference_mode()
+    def set_image_embedding(
+        self, features: torch.Tensor, original_size: tuple[int, ...], input_size: tuple[int, ...]
+    ) -> None:
+        """Use a precomputed embedding (e.g. from a cache) of an image of ``original_size``
+        that was resized to ``input_size`` before encoding."""
+        expected = (1, self.model.prompt_encoder.embed_dim, *self.model.prompt_encoder.image_embedding_size)
+        if tuple(features.shape) != expected:
+            raise ValueError(f"image embedding must have shape {expected}, got {tuple(features.shape)}")
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.orig_h, self.orig_w = self.original_size
+        self.input_h, self.input_w = self.input_size
+        self.features = features.to(self.device)
+        # Prompt-independent decoder work, shared by every prompt without a mask input.
+        self._image_pe = self.model.prompt_encoder.get_dense_pe()
+        no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        self._image_side = self.model.mask_decoder.image_side(self.features, self._image_pe, no_mask)
         self.is_image_set = True
 
     def predict(
@@ -120,10 +137,11 @@ class SamPredictor:
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         low_res_masks, iou_predictions = self.model.mask_decoder(
             image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=self._image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
+            image_side=self._image_side if mask_input is None else None,
         )
         masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
         if not return_logits:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from segany.modeling.blocks import LayerNorm2d, MultiLayerPerceptron
-from segany.modeling.transformer import TwoWayTransformer
+from segany.modeling.transformer import ImageSide, TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):
@@ -46,6 +46,12 @@ class MaskDecoder(nn.Module):
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
 
+    def image_side(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_prompt_embeddings: torch.Tensor
+    ) -> ImageSide:
+        """Prompt-independent work for one image and dense prompt, reusable across sparse prompts."""
+        return self.transformer.image_side(image_embeddings + dense_prompt_embeddings, image_pe)
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -53,10 +59,15 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        image_side: ImageSide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return low-res mask logits (B x M x 4h x 4w) and IoU predictions (B x M), M = 3 or 1."""
+        """Return low-res mask logits (B x M x 4h x 4w) and IoU predictions (B x M), M = 3 or 1.
+
+        One image embedding (batch 1) serves a batch of prompts. ``image_side``, from
+        :meth:`image_side` with the same embedding and dense prompt, skips recomputing it.
+        """
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side
         )
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou_pred[:, chosen]
@@ -67,24 +78,21 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        image_side: ImageSide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask tokens' logits and IoU predictions, before choosing single or multi-mask."""
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
+        if image_side is None:
+            image_side = self.image_side(image_embeddings, image_pe, dense_prompt_embeddings)
 
-        # One image embedding serves a batch of prompts on it.
-        if image_embeddings.shape[0] != batch:
-            image_embeddings = image_embeddings.expand(batch, -1, -1, -1)
-        src = image_embeddings + dense_prompt_embeddings
-        pos_src = image_pe.expand(batch, -1, -1, -1)
-        _, channels, height, width = src.shape
-
-        token_out, image_tokens = self.transformer(src, pos_src, tokens)
+        token_out, image_tokens = self.transformer(None, None, tokens, image=image_side)
         iou_token_out = token_out[:, 0, :]
         mask_tokens_out = token_out[:, 1 : 1 + self.num_mask_tokens, :]
 
-        image_out = image_tokens.transpose(1, 2).reshape(batch, channels, height, width)
+        height, width = image_pe.shape[-2:]
+        image_out = image_tokens.transpose(1, 2).reshape(batch, self.transformer_dim, height, width)
         upscaled = self.output_upscaling(image_out)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, index, :]) for index, mlp in enumerate(self.output_hypernetworks_mlps)],

@@ -1,0 +1,74 @@
+"""Encoder and per-prompt speed, and peak memory: official segment_anything vs segany.
+
+Same random vit_b weights and the same photo on both sides, each side in its own process.
+Ratios are official time / segany time (higher is better for segany), and official peak
+memory / segany peak memory.
+
+    python benches/bench_predictor.py [--model vit_b] [--encoder-runs 3] [--prompts 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import SAMPLE_IMAGE, peak_rss_mib, print_table, random_checkpoint, run_side, timed  # noqa: E402
+
+
+def measure(side: str, checkpoint: str, model_type: str, encoder_runs: int, prompts: int) -> dict:
+    from segany.io import read_image
+
+    image = read_image(SAMPLE_IMAGE)
+    if side == "official":
+        from segment_anything import SamPredictor, sam_model_registry
+    else:
+        from segany import SamPredictor, sam_model_registry
+    predictor = SamPredictor(sam_model_registry[model_type](checkpoint=checkpoint))
+    encoder = timed(lambda: predictor.set_image(image), encoder_runs)
+    rng = np.random.default_rng(0)
+    height, width = image.shape[:2]
+    points = rng.uniform([0, 0], [width - 1, height - 1], size=(prompts, 2))
+
+    def ask(index=iter(range(10**9))):
+        predictor.predict(points[next(index) % prompts][None], np.array([1]), multimask_output=True)
+
+    ask()  # warm-up
+    predict = timed(ask, prompts)
+    return {"encoder_s": encoder, "predict_s": predict, "peak_mib": peak_rss_mib()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--side", choices=["official", "segany"], help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="vit_b")
+    parser.add_argument("--encoder-runs", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=20)
+    args = parser.parse_args()
+    if args.side:
+        torch.set_grad_enabled(False)
+        print(json.dumps(measure(args.side, args.checkpoint, args.model, args.encoder_runs, args.prompts)))
+        return
+    checkpoint = random_checkpoint(args.model)
+    common = ["--checkpoint", str(checkpoint), "--model", args.model,
+              "--encoder-runs", str(args.encoder_runs), "--prompts", str(args.prompts)]
+    results = {side: run_side(Path(__file__), side, *common) for side in ("official", "segany")}
+    official, ours = results["official"], results["segany"]
+    print(f"{args.model}, random weights, {SAMPLE_IMAGE.name}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print_table([
+        ("encoder (set_image)", official["encoder_s"], ours["encoder_s"], "s"),
+        ("predict, 1 point, multimask", official["predict_s"] * 1000, ours["predict_s"] * 1000, "ms"),
+        ("peak memory (RSS)", official["peak_mib"], ours["peak_mib"], "M"),
+    ])
+    checkpoint.unlink()
+
+
+if __name__ == "__main__":
+    main()
