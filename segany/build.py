@@ -17,18 +17,24 @@ from typing import Any, Callable
 import torch
 
 from segany.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segany.modeling.efficientnet_encoder import EfficientNetLiteEncoder
 
 CONFIG_METADATA_KEY = "segany_config"
 
 
 @dataclass(frozen=True)
 class SamConfig:
-    """Every hyper-parameter that shapes the network (the official ones are vit_b/l/h below)."""
+    """Every hyper-parameter that shapes the network (the official ones are vit_b/l/h below).
 
-    encoder_embed_dim: int
-    encoder_depth: int
-    encoder_num_heads: int
-    encoder_global_attn_indexes: tuple[int, ...]
+    ``encoder`` is "vit" (SAM's encoder; the ``encoder_*`` fields apply) or
+    "efficientnet_lite0" (the embedded model's light encoder, stride 16).
+    """
+
+    encoder_embed_dim: int = 768
+    encoder_depth: int = 12
+    encoder_num_heads: int = 12
+    encoder_global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    encoder: str = "vit"
     image_size: int = 1024
     patch_size: int = 16
     window_size: int = 14
@@ -61,24 +67,32 @@ CONFIGS: dict[str, SamConfig] = {
     "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
     # A small random-init configuration for tests and experiments: 256 px input, 16x16 embedding.
     "tiny": SamConfig(64, 2, 2, (1,), image_size=256, window_size=6),
+    # The embedded default model's architecture: EfficientNet-Lite0 at 512 px, SAM's decoder.
+    "lite": SamConfig(encoder="efficientnet_lite0", image_size=512),
 }
+EMBEDDED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
 
 
 def build_model(config: SamConfig) -> Sam:
     """Build a randomly initialised Sam for ``config``, in eval mode."""
     grid = config.embedding_size
-    encoder = ImageEncoderViT(
-        img_size=config.image_size,
-        patch_size=config.patch_size,
-        embed_dim=config.encoder_embed_dim,
-        depth=config.encoder_depth,
-        num_heads=config.encoder_num_heads,
-        mlp_ratio=config.mlp_ratio,
-        out_chans=config.prompt_embed_dim,
-        window_size=config.window_size,
-        global_attn_indexes=config.encoder_global_attn_indexes,
-        drop_path_rate=config.drop_path_rate,
-    )
+    if config.encoder == "efficientnet_lite0":
+        encoder = EfficientNetLiteEncoder(img_size=config.image_size, out_chans=config.prompt_embed_dim)
+    elif config.encoder == "vit":
+        encoder = ImageEncoderViT(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=config.encoder_embed_dim,
+            depth=config.encoder_depth,
+            num_heads=config.encoder_num_heads,
+            mlp_ratio=config.mlp_ratio,
+            out_chans=config.prompt_embed_dim,
+            window_size=config.window_size,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+            drop_path_rate=config.drop_path_rate,
+        )
+    else:
+        raise ValueError(f"unknown encoder '{config.encoder}'; expected 'vit' or 'efficientnet_lite0'")
     prompt_encoder = PromptEncoder(
         embed_dim=config.prompt_embed_dim,
         image_embedding_size=(grid, grid),
@@ -215,9 +229,9 @@ def build_sam(
 ) -> Sam:
     """Build a Sam by configuration name, optionally loading a checkpoint.
 
-    ``name`` is "vit_h", "vit_l", "vit_b", "tiny", "auto" (configuration read from the
-    checkpoint), or "default": the checkpoint's own configuration when one is given (as the
-    official ``sam_model_registry["default"]`` loads vit_h), else segany's embedded model.
+    ``name`` is "vit_h", "vit_l", "vit_b", "tiny", "lite", "auto" (configuration read from
+    the checkpoint), or "default": the checkpoint's own configuration when one is given (as
+    the official ``sam_model_registry["default"]`` loads vit_h), else segany's embedded model.
     For drop-in compatibility, a checkpoint path given as the first argument also works.
     ``overrides`` replace configuration fields (e.g. ``drop_path_rate`` for training).
     """
@@ -228,10 +242,12 @@ def build_sam(
             known = ", ".join(list(CONFIGS) + ["auto", "default"])
             raise ValueError(f"unknown model type '{name}'; expected one of: {known}")
     if name == "default" and checkpoint is None:
-        raise ValueError(
-            "no embedded default model is bundled in this version of segany; "
-            "pass checkpoint=PATH to official weights (e.g. sam_vit_b_01ec64.pth)"
-        )
+        if not EMBEDDED_WEIGHTS.exists():
+            raise ValueError(
+                "no embedded default model is bundled in this version of segany; "
+                "pass checkpoint=PATH to official weights (e.g. sam_vit_b_01ec64.pth)"
+            )
+        checkpoint = EMBEDDED_WEIGHTS
     if name in ("auto", "default"):
         if checkpoint is None:
             raise ValueError("model type 'auto' needs a checkpoint to read the configuration from")
