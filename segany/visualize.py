@@ -8,6 +8,8 @@ import numpy as np
 
 def palette(count: int, seed: int = 0) -> np.ndarray:
     """``count`` distinct bright RGB colours (uint8), stable for a given seed."""
+    if count == 0:
+        return np.zeros((0, 3), np.uint8)
     hues = (np.arange(count) * 0.618033988749895 + seed * 0.1) % 1.0
     hsv = np.stack([hues * 179, np.full(count, 200), np.full(count, 255)], axis=1).astype(np.uint8)
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
