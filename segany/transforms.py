@@ -1,15 +1,19 @@
 """Resize images so that their longest side matches the encoder input, and map prompts alongside.
 
 The image is resized with PIL's bilinear filter (with its antialiasing), as the official
-package does, so that the same photo gives the same pixels to the encoder.
+package does, so that the same photo gives the same pixels to the encoder. torch is imported
+only by the ``*_torch`` methods, so that the torch-free ONNX predictor can use this class.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
-from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ResizeLongestSide:
@@ -46,10 +50,14 @@ class ResizeLongestSide:
 
     def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
         """Resize a batch of B x 3 x H x W float images (bilinear with antialiasing)."""
+        from torch.nn import functional as F
+
         height, width = self.get_preprocess_shape(image.shape[2], image.shape[3], self.target_length)
         return F.interpolate(image, (height, width), mode="bilinear", align_corners=False, antialias=True)
 
     def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
+        import torch
+
         scale_x, scale_y = self._scale(original_size)
         coords = coords.clone().to(torch.float)
         coords[..., 0] *= scale_x

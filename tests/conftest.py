@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the sample data, small random images."""
+"""Shared fixtures: paths to the sample data, small random images, a tiny random checkpoint."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -24,3 +25,12 @@ def photo() -> np.ndarray:
     path = REPO / "segany" / "assets" / "dog.jpg"
     with Image.open(path) as image:
         return np.array(image.convert("RGB").resize((200, 134)))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """Seeded random weights of the tiny config as segany safetensors (config in the header), saved once."""
+    import segany
+
+    torch.manual_seed(0)
+    return segany.save_sam(segany.build_sam("tiny"), tmp_path_factory.mktemp("weights") / "tiny.safetensors")

@@ -1,0 +1,69 @@
+"""SamAutomaticMaskGenerator's arguments: official defaults, and clear errors for bad ones."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+from segany.automask import SamAutomaticMaskGenerator
+from similarity_model import similarity_sam
+
+official = pytest.importorskip("segment_anything", reason="the official package is the oracle")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return similarity_sam(seed=0)
+
+
+def test_signature_and_defaults_match_official():
+    ours = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
+    theirs = inspect.signature(official.SamAutomaticMaskGenerator.__init__).parameters
+    assert list(ours) == list(theirs)
+    assert {name: p.default for name, p in ours.items()} == {name: p.default for name, p in theirs.items()}
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(points_per_side=None), "exactly one of points_per_side or point_grids"),
+        (dict(point_grids=[np.full((4, 2), 0.5)]), "exactly one of points_per_side or point_grids"),
+        (dict(output_mode="png"), "output_mode must be one of"),
+        (dict(points_per_side=0), "points_per_side must be a positive integer"),
+        (dict(points_per_side=2.5), "points_per_side must be a positive integer"),
+        (dict(points_per_batch=0), "points_per_batch must be a positive integer"),
+        (dict(crop_n_layers=-1), "crop_n_layers must be a non-negative integer"),
+        (
+            dict(points_per_side=3, crop_n_layers=2, crop_n_points_downscale_factor=2),
+            "leaves no points in crop layer 2",
+        ),
+        (dict(points_per_side=None, point_grids=[np.full((4, 2), 0.5)], crop_n_layers=1), "one per layer"),
+        (dict(points_per_side=None, point_grids=[np.full((4, 3), 0.5)]), r"point_grids\[0\] must be a non-empty N x 2"),
+        (dict(points_per_side=None, point_grids=[np.full((4, 2), 1.5)]), r"normalised to \[0, 1\]"),
+    ],
+)
+def test_bad_settings_are_named(model, settings, message):
+    with pytest.raises(ValueError, match=message):
+        SamAutomaticMaskGenerator(model, **settings)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((20, 30), dtype=np.uint8), "HxWx3"),
+        (np.zeros((20, 30, 3), dtype=np.float32), "uint8"),
+        (np.zeros((0, 30, 3), dtype=np.uint8), "empty"),
+        ([[0, 0, 0]], "numpy array"),
+    ],
+)
+def test_bad_images_are_named(model, image, message):
+    with pytest.raises(ValueError, match=message):
+        SamAutomaticMaskGenerator(model, points_per_side=2).generate(image)
+
+
+def test_no_surviving_mask_gives_no_records(model):
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    records = SamAutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=1.0).generate(image)
+    assert records == []

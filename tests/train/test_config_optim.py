@@ -1,0 +1,102 @@
+"""The YAML recipe (defaults, base files, overrides, bad values) and the optimiser it builds."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from segany.build import build_sam
+from segany.train.config import TrainConfig, load_config
+from segany.train.optim import build_scheduler, encoder_layer_ids, parameter_groups
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_paper_yaml_states_the_builtin_defaults_and_the_paper_values():
+    config = load_config(CONFIGS / "sam_paper.yaml")
+    assert config == TrainConfig()
+    assert (config.optim.lr, config.optim.weight_decay, config.optim.layer_decay) == (8e-4, 0.1, 0.8)
+    assert (config.optim.warmup_steps, config.optim.decay_steps, config.steps) == (250, [60000, 86666], 90000)
+    assert (config.loss.focal_weight, config.loss.dice_weight, config.loss.iou_weight) == (20, 1, 1)
+    assert (config.data.masks_per_image, config.prompts.rounds, config.batch_size) == (64, 11, 256)
+    assert config.model.drop_path_rate == 0.4
+
+
+def test_base_file_and_command_line_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"base: {CONFIGS / 'tiny_cpu.yaml'}\noptim:\n  lr: 0.5\n")
+    config = load_config(path, ["optim.lr=1e-4", "model.freeze=[image_encoder]", "data.scale_jitter=[0.5, 1.5]"])
+    assert config.model.type == "tiny" and config.optim.weight_decay == 0.1  # from tiny_cpu and sam_paper
+    assert config.optim.lr == 1e-4 and config.model.freeze == ["image_encoder"]
+    assert config.data.scale_jitter == [0.5, 1.5]
+
+
+def test_data_sources_are_read_as_a_typed_list():
+    config = load_config(None, ["data.sources=[{kind: scenes, coco_mval: /x, count: 5, weight: 2}, {path: a.json}]"])
+    assert [s.kind for s in config.data.sources] == ["scenes", "dataset"]
+    assert config.data.sources[0].weight == 2.0 and config.data.sources[1].path == "a.json"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lr=fast"], "optim.lr"),
+    (["optim.learning_rate=1"], "unknown setting 'optim.learning_rate'"),
+    (["model.freeze=[encoder]"], "model.freeze"),
+    (["batch_size=3", "accumulation_steps=2"], "divisible"),
+    (["prompts.rounds=0"], "prompts.rounds"),
+    (["data.sources=[{kind: video}]"], "data.sources"),
+    (["lr"], "section.name=value"),
+])
+def test_bad_settings_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides).validate()
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_layer_wise_decay_scales_vit_blocks_and_leaves_the_decoder_at_full_rate():
+    torch.manual_seed(0)
+    sam = build_sam("tiny")
+    config = load_config(None, ["optim.layer_decay=0.5"]).optim
+    ids, depth = encoder_layer_ids(sam.image_encoder)
+    assert depth == 2 and ids["patch_embed.proj.weight"] == 0 and ids["blocks.1.mlp.lin1.weight"] == 2
+    assert all(value == 3 for name, value in ids.items() if name.startswith("neck"))
+    rates = {id(p): group["lr"] for group in parameter_groups(sam, config) for p in group["params"]}
+    encoder = sam.image_encoder
+    assert rates[id(encoder.patch_embed.proj.weight)] == pytest.approx(8e-4 * 0.5**3)
+    assert rates[id(encoder.blocks[1].mlp.lin1.weight)] == pytest.approx(8e-4 * 0.5)
+    assert rates[id(encoder.neck[0].weight)] == pytest.approx(8e-4)
+    assert all(rates[id(p)] == 8e-4 for p in sam.mask_decoder.parameters())
+    decays = {id(p): group["weight_decay"] for group in parameter_groups(sam, config) for p in group["params"]}
+    assert decays[id(encoder.pos_embed)] == 0 and decays[id(encoder.blocks[0].norm1.bias)] == 0
+    assert decays[id(encoder.blocks[0].attn.qkv.weight)] == 0.1
+
+
+def test_encoder_without_blocks_trains_at_full_rate_and_frozen_parts_are_left_out():
+    sam = build_sam("tiny")
+    sam.image_encoder = nn.Sequential(nn.Conv2d(3, 8, 3))
+    sam.prompt_encoder.requires_grad_(False)
+    groups = parameter_groups(sam, load_config().optim)
+    rates = {id(p): group["lr"] for group in groups for p in group["params"]}
+    assert all(rates[id(p)] == 8e-4 for p in sam.image_encoder.parameters())
+    assert not any(id(p) in rates for p in sam.prompt_encoder.parameters())
+
+
+def test_lite_encoder_gets_layer_decay_over_its_stages():
+    _, depth = encoder_layer_ids(build_sam("lite", image_size=128).image_encoder)
+    assert depth > 1
+
+
+def test_schedule_warms_up_linearly_then_steps_down_tenfold():
+    config = load_config(None, ["optim.warmup_steps=4", "optim.decay_steps=[6, 8]", "optim.warmup_start_factor=0"]).optim
+    optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = build_scheduler(optimizer, config)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"] / config.lr)
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0, 0.25, 0.5, 0.75, 1, 1, 0.1, 0.1, 0.01, 0.01])
