@@ -2,9 +2,10 @@
 
 Same random vit_b weights and the same photo on both sides, each side in its own process.
 Ratios are official time / segany time (higher is better for segany), and official peak
-memory / segany peak memory.
+memory / segany peak memory. ``--ours default`` runs segany's embedded model instead (the
+official side keeps --model), against its targets: <= 1 s to embed the photo, <= 20 ms a prompt.
 
-    python benches/bench_predictor.py [--model vit_b] [--encoder-runs 3] [--prompts 20]
+    python benches/bench_predictor.py [--model vit_b] [--ours default] [--encoder-runs 3] [--prompts 20]
 """
 
 from __future__ import annotations
@@ -21,15 +22,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import SAMPLE_IMAGE, peak_rss_mib, print_table, random_checkpoint, run_side, timed  # noqa: E402
 
 
-def measure(side: str, checkpoint: str, model_type: str, encoder_runs: int, prompts: int) -> dict:
+EMBEDDED_TARGETS = {"encoder_s": 1.0, "predict_s": 0.020}
+
+
+def measure(side: str, checkpoint: str, model_type: str, encoder_runs: int, prompts: int, ours: str | None) -> dict:
     from segany.io import read_image
 
     image = read_image(SAMPLE_IMAGE)
     if side == "official":
         from segment_anything import SamPredictor, sam_model_registry
+
+        predictor = SamPredictor(sam_model_registry[model_type](checkpoint=checkpoint))
     else:
-        from segany import SamPredictor, sam_model_registry
-    predictor = SamPredictor(sam_model_registry[model_type](checkpoint=checkpoint))
+        from segany import SamPredictor, build_sam, sam_model_registry
+
+        model = build_sam("default") if ours == "default" else sam_model_registry[model_type](checkpoint=checkpoint)
+        predictor = SamPredictor(model)
     encoder = timed(lambda: predictor.set_image(image), encoder_runs)
     rng = np.random.default_rng(0)
     height, width = image.shape[:2]
@@ -48,25 +56,32 @@ def main() -> None:
     parser.add_argument("--side", choices=["official", "segany"], help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="vit_b")
+    parser.add_argument("--ours", choices=["default"], help="segany side: the embedded model instead of --model")
     parser.add_argument("--encoder-runs", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=20)
     args = parser.parse_args()
     if args.side:
         torch.set_grad_enabled(False)
-        print(json.dumps(measure(args.side, args.checkpoint, args.model, args.encoder_runs, args.prompts)))
+        print(json.dumps(measure(args.side, args.checkpoint, args.model, args.encoder_runs, args.prompts, args.ours)))
         return
     checkpoint = random_checkpoint(args.model)
     common = ["--checkpoint", str(checkpoint), "--model", args.model,
               "--encoder-runs", str(args.encoder_runs), "--prompts", str(args.prompts)]
+    common += ["--ours", args.ours] if args.ours else []
     results = {side: run_side(Path(__file__), side, *common) for side in ("official", "segany")}
     official, ours = results["official"], results["segany"]
-    print(f"{args.model}, random weights, {SAMPLE_IMAGE.name}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    segany_side = "the embedded model" if args.ours else f"{args.model}, random weights"
+    print(f"official {args.model} (random weights) vs segany {segany_side}, {SAMPLE_IMAGE.name}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print_table([
         ("encoder (set_image)", official["encoder_s"], ours["encoder_s"], "s"),
         ("predict, 1 point, multimask", official["predict_s"] * 1000, ours["predict_s"] * 1000, "ms"),
         ("peak memory (RSS)", official["peak_mib"], ours["peak_mib"], "M"),
     ])
+    if args.ours:
+        for name, target in EMBEDDED_TARGETS.items():
+            verdict = "met" if ours[name] <= target else "missed"
+            print(f"embedded model {name.removesuffix('_s')}: {ours[name]:.3f} s, target <= {target} s: {verdict}")
     checkpoint.unlink()
 
 

@@ -20,6 +20,7 @@ from segany.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, Tw
 from segany.modeling.efficientnet_encoder import EfficientNetLiteEncoder
 
 CONFIG_METADATA_KEY = "segany_config"
+TEXT_PROJECTION = "prompt_encoder.text_projection."  # the parameters only text-promptable models have
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,9 @@ class SamConfig:
     """Every hyper-parameter that shapes the network (the official ones are vit_b/l/h below).
 
     ``encoder`` is "vit" (SAM's encoder; the ``encoder_*`` fields apply) or
-    "efficientnet_lite0" (the embedded model's light encoder, stride 16).
+    "efficientnet_lite0" (the embedded model's light encoder, stride 16). ``text_embed_dim``
+    is the width of the CLIP embeddings the model takes as text prompts; 0 (the official
+    models) means no text prompts and no text projection parameters.
     """
 
     encoder_embed_dim: int = 768
@@ -46,6 +49,7 @@ class SamConfig:
     decoder_mlp_dim: int = 2048
     iou_head_hidden_dim: int = 256
     drop_path_rate: float = 0.0
+    text_embed_dim: int = 0
 
     @property
     def embedding_size(self) -> int:
@@ -98,6 +102,7 @@ def build_model(config: SamConfig) -> Sam:
         image_embedding_size=(grid, grid),
         input_image_size=(config.image_size, config.image_size),
         mask_in_chans=config.mask_in_chans,
+        text_embed_dim=config.text_embed_dim,
     )
     decoder = MaskDecoder(
         transformer_dim=config.prompt_embed_dim,
@@ -155,6 +160,7 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> SamConfig:
         global_blocks = tuple(i for i, size in enumerate(window_sizes) if size == grid)
         local_sizes = {size for size in window_sizes if size != grid}
         prompt_dim = state_dict["image_encoder.neck.0.weight"].shape[0]
+        text_projection = state_dict.get(TEXT_PROJECTION + "weight")
         decoder_depth = 1 + max(
             int(k.split(".")[3]) for k in state_dict if k.startswith("mask_decoder.transformer.layers.")
         )
@@ -172,6 +178,7 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> SamConfig:
             decoder_depth=decoder_depth,
             decoder_mlp_dim=state_dict["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
             iou_head_hidden_dim=state_dict["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
+            text_embed_dim=text_projection.shape[1] if text_projection is not None else 0,
         )
     except (KeyError, ValueError, IndexError) as error:
         raise ValueError(f"not a Segment Anything state dict (could not read its configuration: missing {error})") from None
@@ -185,9 +192,11 @@ def config_name(config: SamConfig) -> str | None:
     return None
 
 
-def _describe_mismatch(model: Sam, state_dict: dict[str, torch.Tensor], path: Path, name: str) -> str | None:
+def _describe_mismatch(
+    model: Sam, state_dict: dict[str, torch.Tensor], path: Path, name: str, fresh: tuple[str, ...] = ()
+) -> str | None:
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
+    missing = sorted(key for key in set(expected) - set(state_dict) if not key.startswith(fresh))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong_shape = [
         f"{key} {tuple(state_dict[key].shape)} != {tuple(expected[key].shape)}"
@@ -209,13 +218,17 @@ def _describe_mismatch(model: Sam, state_dict: dict[str, torch.Tensor], path: Pa
     return "\n".join(lines)
 
 
-def load_weights(model: Sam, path: str | os.PathLike, name: str = "model") -> Sam:
-    """Load a checkpoint into ``model``, explaining any key or shape mismatch."""
+def load_weights(model: Sam, path: str | os.PathLike, name: str = "model", fresh: tuple[str, ...] = ()) -> Sam:
+    """Load a checkpoint into ``model``, explaining any key or shape mismatch.
+
+    Parameters under the ``fresh`` prefixes may be absent from the checkpoint; they keep
+    their initialisation (a module added for fine-tuning).
+    """
     state_dict, _ = read_checkpoint(path)
-    problem = _describe_mismatch(model, state_dict, Path(path), name)
+    problem = _describe_mismatch(model, state_dict, Path(path), name, fresh)
     if problem:
         raise ValueError(problem)
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, strict=not fresh)
     return model
 
 
@@ -233,7 +246,9 @@ def build_sam(
     the checkpoint), or "default": the checkpoint's own configuration when one is given (as
     the official ``sam_model_registry["default"]`` loads vit_h), else segany's embedded model.
     For drop-in compatibility, a checkpoint path given as the first argument also works.
-    ``overrides`` replace configuration fields (e.g. ``drop_path_rate`` for training).
+    ``overrides`` replace configuration fields (e.g. ``drop_path_rate`` for training);
+    ``text_embed_dim=D`` on a checkpoint without text prompts adds a freshly initialised
+    text projection, to fine-tune a model for text prompts.
     """
     if name not in CONFIGS and name not in ("auto", "default") and checkpoint is None:
         if Path(str(name)).suffix in (".pth", ".pt", ".safetensors") or Path(str(name)).is_file():
@@ -256,11 +271,12 @@ def build_sam(
         name = config_name(config) or "auto"
     else:
         config = CONFIGS[name]
+    fresh = (TEXT_PROJECTION,) if overrides.get("text_embed_dim") and not config.text_embed_dim else ()
     if overrides:
         config = dataclasses.replace(config, **overrides)
     model = build_model(config)
     if checkpoint is not None:
-        load_weights(model, checkpoint, name)
+        load_weights(model, checkpoint, name, fresh)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model

@@ -22,7 +22,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     digest = hashlib.blake2b(digest_size=10)
     for name, tensor in sorted(model.image_encoder.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape: 0-d buffers (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

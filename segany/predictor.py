@@ -7,6 +7,7 @@ import torch
 
 from segany.io import check_image_array
 from segany.modeling import Sam
+from segany.text import PromptEmbedder
 from segany.transforms import ResizeLongestSide
 
 
@@ -15,8 +16,13 @@ class ImageNotSetError(RuntimeError, ValueError):
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, text_encoder: PromptEmbedder | None = None) -> None:
+        """``text_encoder`` (e.g. :class:`segany.text.OpenClipEmbedder`) enables ``predict(text=...)``
+        on a model trained with text prompts."""
+        if text_encoder is not None:
+            sam_model.prompt_encoder.check_text_width(text_encoder.embed_dim)
         self.model = sam_model
+        self.text_encoder = text_encoder
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
 
@@ -86,15 +92,17 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        text: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks (C x H x W), their predicted IoUs (C) and low-res logits (C x h x w) for one prompt.
 
         Points are pixel (x, y) of the original image with labels 1 (foreground) / 0
         (background); ``box`` is XYXY; ``mask_input`` is a previous call's low-res logits
-        (1 x h x w). C is 3 with ``multimask_output`` and 1 without.
+        (1 x h x w); ``text`` names the object (needs the predictor's ``text_encoder``). C is
+        3 with ``multimask_output`` and 1 without.
         """
         self._require_image()
-        coords_torch = labels_torch = box_torch = mask_torch = None
+        coords_torch = labels_torch = box_torch = mask_torch = text_torch = None
         if point_coords is not None or point_labels is not None:
             coords, labels = self._check_points(point_coords, point_labels)
             coords = self.transform.apply_coords(coords, self.original_size)
@@ -105,10 +113,12 @@ class SamPredictor:
             box_torch = torch.as_tensor(box, dtype=torch.float, device=self.device)
         if mask_input is not None:
             mask_torch = torch.as_tensor(self._check_mask_input(mask_input), dtype=torch.float, device=self.device)[None]
-        if coords_torch is None and box_torch is None and mask_torch is None:
-            raise ValueError("no prompt given: pass point_coords/point_labels, box, or mask_input")
+        if text is not None:
+            text_torch = self._embed_text(text)
+        if coords_torch is None and box_torch is None and mask_torch is None and text_torch is None:
+            raise ValueError("no prompt given: pass point_coords/point_labels, box, mask_input, or text")
         masks, iou_predictions, low_res_masks = self.predict_torch(
-            coords_torch, labels_torch, box_torch, mask_torch, multimask_output, return_logits
+            coords_torch, labels_torch, box_torch, mask_torch, multimask_output, return_logits, text_torch
         )
         return masks[0].cpu().numpy(), iou_predictions[0].cpu().numpy(), low_res_masks[0].cpu().numpy()
 
@@ -121,8 +131,10 @@ class SamPredictor:
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        text_embeddings: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Batched prompts already in the resized frame (see ``transform``): BxNx2, BxN, Bx4, Bx1xhxw."""
+        """Batched prompts already in the resized frame (see ``transform``): BxNx2, BxN, Bx4, Bx1xhxw,
+        and CLIP embeddings BxTxD (T text tokens per prompt)."""
         self._require_image()
         points = None
         if point_coords is not None:
@@ -134,7 +146,7 @@ class SamPredictor:
             points = (point_coords, point_labels)
         if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
             raise ValueError(f"boxes must be Bx4 (XYXY), got {tuple(boxes.shape)}")
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input, text=text_embeddings)
         low_res_masks, iou_predictions = self.model.mask_decoder(
             image_embeddings=self.features,
             image_pe=self._image_pe,
@@ -152,6 +164,17 @@ class SamPredictor:
         """The current image's embedding, 1 x C x h x w."""
         self._require_image()
         return self.features
+
+    def _embed_text(self, text: str) -> torch.Tensor:
+        """A phrase's embedding from ``text_encoder``, as a 1 x 1 x D prompt."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"text must be a non-empty string, got {text!r}")
+        if self.text_encoder is None:
+            raise ValueError(
+                "text prompts need a text encoder: SamPredictor(model, text_encoder=OpenClipEmbedder(name, weights))"
+            )
+        self.model.prompt_encoder.check_text_width(self.text_encoder.embed_dim)
+        return self.text_encoder.embed_texts([text]).to(self.device, torch.float)[None]
 
     def _require_image(self) -> None:
         if not self.is_image_set:

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the sample data, small random images, a tiny random checkpoint."""
+"""Shared fixtures: paths to the sample data, small random images, tiny random SAM and CLIP weights."""
 
 from __future__ import annotations
 
@@ -34,3 +34,12 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     return segany.save_sam(segany.build_sam("tiny"), tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def clip_weights(tmp_path_factory) -> Path:
+    """The tiny random open_clip model of ``tiny_clip`` (registered in this process), as a local weights file."""
+    pytest.importorskip("open_clip", reason="the optional extra segany[text] (open-clip-torch) is not installed")
+    from tiny_clip import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))

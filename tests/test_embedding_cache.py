@@ -58,3 +58,14 @@ def test_set_image_embedding_rejects_wrong_shape():
 
     with pytest.raises(ValueError, match="image embedding must have shape"):
         predictor.set_image_embedding(torch.zeros(1, 256, 8, 8), (10, 10), (256, 256))
+
+
+def test_fingerprint_covers_batchnorm_statistics_of_the_lite_encoder():
+    """The lite encoder has 0-d buffers (num_batches_tracked) and running statistics that shape its output."""
+    torch.manual_seed(0)
+    model = segany.build_sam("lite")
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before
+    with torch.no_grad():
+        model.image_encoder._bn0.running_mean += 0.5
+    assert model_fingerprint(model) != before

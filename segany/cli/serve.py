@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segany.cli.predict import add_model_arguments, load_model_from_args
+from segany.cli.predict import add_clip_arguments, add_model_arguments, clip_from_args, load_model_from_args
 
 HELP = "annotate a folder of images in the browser, with the model proposing masks as you click"
 
@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, default=Path("annotations.sqlite"),
                         help="annotation database, created if missing (default: annotations.sqlite)")
     add_model_arguments(parser)
+    add_clip_arguments(parser, "to also prompt with text (needs a model trained with text prompts)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; any other address requires a token)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"images folder not found: {args.images_dir}")
     token = resolve_token(args.host, args.token)
     cache_dir = args.cache_dir or args.db.with_name(args.db.name + ".embeddings")
-    service = ModelService(lambda: load_model_from_args(args), args.checkpoint, cache_dir)
+    text_encoder = clip_from_args(args) if args.clip_checkpoint is not None else None
+    service = ModelService(lambda: load_model_from_args(args), args.checkpoint, cache_dir, text_encoder=text_encoder)
     app = create_app(
         args.images_dir, args.db, service, token=token, max_body_bytes=int(args.max_request_mb * 2**20),
         prefetch=args.prefetch, watch_interval=args.watch_seconds or None,

@@ -1,9 +1,10 @@
 """The annotation web app: a FastAPI server over the store and the model, and the page in ``web/``.
 
 A person opens an image (its embedding is computed once, ahead of time where possible),
-clicks or drags; each prompt is one small request answered by the mask decoder alone with
-three candidate masks as COCO RLE; accepting one stores it. Every route validates its input
-and answers a malformed request with a 4xx and a message.
+clicks, drags or, on a server started with CLIP, types what the object is; each prompt is
+one small request answered by the mask decoder alone with three candidate masks as COCO
+RLE; accepting one stores it. Every route validates its input and answers a malformed
+request with a 4xx and a message.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from segany.masks import encode_rle
 WEB_DIR = Path(__file__).resolve().parent / "web"
 BROWSER_FORMATS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # sent as they are; others are converted to PNG
 MAX_POINTS = 64
+MAX_TEXT_CHARS = 200  # a phrase naming an object; CLIP reads at most 77 tokens of it
 MAX_RLE_CHARS = 4_000_000
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
 
@@ -44,11 +46,12 @@ class Strict(BaseModel):
 
 
 class Prompt(Strict):
-    """Clicks and/or a box in pixels of the original image; labels 1 foreground, 0 background."""
+    """Clicks and/or a box in pixels of the original image (labels 1 foreground, 0 background), and/or text."""
 
     points: list[tuple[FiniteFloat, FiniteFloat]] = Field(default_factory=list, max_length=MAX_POINTS)
     labels: list[Literal[0, 1]] = Field(default_factory=list, max_length=MAX_POINTS)
     box: tuple[FiniteFloat, FiniteFloat, FiniteFloat, FiniteFloat] | None = None
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
 
 
 class Rle(Strict):
@@ -85,16 +88,16 @@ class DoneFlag(Strict):
     done: bool
 
 
-def prompt_arrays(prompt: Prompt) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """The prompt as the predictor takes it: points (N x 2), labels (N), box (4), each or None."""
+def prompt_arrays(prompt: Prompt) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, str | None]:
+    """The prompt as the predictor takes it: points (N x 2), labels (N), box (4), text, each or None."""
     if len(prompt.points) != len(prompt.labels):
         raise ValueError(f"points and labels must have the same length, got {len(prompt.points)} and {len(prompt.labels)}")
-    if not prompt.points and prompt.box is None:
-        raise ValueError("the prompt is empty: give at least one point or a box")
+    if not prompt.points and prompt.box is None and prompt.text is None:
+        raise ValueError("the prompt is empty: give at least one point, a box or a text")
     points = np.array(prompt.points, dtype=float) if prompt.points else None
     labels = np.array(prompt.labels) if prompt.points else None
     box = np.array(prompt.box, dtype=float) if prompt.box is not None else None
-    return points, labels, box
+    return points, labels, box, prompt.text
 
 
 def create_app(
@@ -209,9 +212,10 @@ def create_app(
     def predict(image_id: ImageId, prompt: Prompt) -> Response:
         """The decoder's three candidates for one prompt: low-res logits and predicted IoUs.
 
-        Only the decoder runs. The body is the logits, 3 x rows x cols little-endian int16 in
-        units of 1/``logit_scale`` (see ``Proposal``); the ``X-Proposal`` header holds the rest
-        as JSON: scores, shape, input_size, upscale, logit_scale, model (revision), milliseconds.
+        Only the decoder runs (and CLIP's text tower, for a phrase not seen lately). The body is
+        the logits, 3 x rows x cols little-endian int16 in units of 1/``logit_scale`` (see
+        ``Proposal``); the ``X-Proposal`` header holds the rest as JSON: scores, shape,
+        input_size, upscale, logit_scale, model (revision), milliseconds.
         """
         start = time.perf_counter()
         arrays = prompt_arrays(prompt)
@@ -275,13 +279,14 @@ def create_app(
 
     @app.get("/api/model")
     def model_info() -> dict:
-        return {**service.current.describe(), "last_error": service.last_error}
+        """The model in use; ``text_prompts`` tells the page whether to offer the text box."""
+        return service.describe()
 
     @app.post("/api/model/reload")
     def reload_model() -> dict:
         """Pick up a new checkpoint now (the server also checks on its own every few seconds)."""
         reloaded = service.reload_if_changed()
-        return {"reloaded": reloaded, **service.current.describe(), "last_error": service.last_error}
+        return {"reloaded": reloaded, **service.describe()}
 
     return FrontDoor(app, token=token, max_body_bytes=max_body_bytes)
 

@@ -5,7 +5,8 @@ cache, one folder per encoder, so fine-tuning only the decoder keeps every embed
 in memory for the few images in use, and computed ahead for the images a person is about to
 open. The checkpoint file is watched: when training writes a
 new one, it is loaded beside the old, then swapped in between two requests, so the loop
-"annotate, retrain, annotate with the better model" needs no restart.
+"annotate, retrain, annotate with the better model" needs no restart. With a CLIP text
+encoder (and a model trained with text prompts), a phrase is a prompt too.
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from segany.text import PromptEmbedder
 
 log = logging.getLogger("segany.engine")
 
 LOGIT_SCALE = 1024  # logits are sent as int16 in units of 1/1024: [-32, 32] at a resolution far below any boundary
+RECENT_TEXTS = 64  # phrases whose CLIP embeddings are kept in memory
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,41 @@ class ModelChangedError(ValueError):
     """The model changed between showing a candidate and accepting it."""
 
 
+class RecentTexts:
+    """A text encoder that remembers the embeddings of the last ``size`` phrases it was asked for.
+
+    People type the same few names ("car", "person") on image after image, and the CLIP text
+    tower costs more than the mask decoder: repeated phrases skip it. It is a ``PromptEmbedder``
+    itself, so predictors take it in place of the encoder. The embeddings returned are shared
+    between callers, who must not change them in place (the predictor does not).
+    """
+
+    def __init__(self, encoder: PromptEmbedder, size: int = RECENT_TEXTS) -> None:
+        self.encoder = encoder
+        self.embed_dim = encoder.embed_dim
+        self.fingerprint = encoder.fingerprint
+        self.size = size
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
+
+    def embed_images(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.encoder.embed_images(crops)
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        key = tuple(texts)
+        with self._lock:
+            found = self._recent.get(key)
+            if found is not None:
+                self._recent.move_to_end(key)
+                return found
+        embeddings = self.encoder.embed_texts(texts)
+        with self._lock:
+            self._recent[key] = embeddings
+            while len(self._recent) > self.size:
+                self._recent.popitem(last=False)
+        return embeddings
+
+
 def file_stamp(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
@@ -90,6 +132,8 @@ class ModelService:
     """A Sam, per-image predictors (memory LRU over the disk embedding cache), prefetch and hot reload.
 
     ``loader()`` builds the model from ``checkpoint`` (read again each time the file changes).
+    ``text_encoder`` (CLIP, e.g. :class:`segany.text.OpenClipEmbedder`) turns text prompts on;
+    every model loaded must then have a text projection of its width.
 
     Thread-safe: decoding runs concurrently, image encodings run one at a time, and a model
     swap never disturbs requests already running (they finish on the model they started with).
@@ -101,6 +145,7 @@ class ModelService:
         checkpoint: Path | None,
         cache_root: Path,
         memory_images: int = 6,
+        text_encoder: PromptEmbedder | None = None,
     ) -> None:
         if memory_images < 1:
             raise ValueError(f"memory_images must be at least 1, got {memory_images}")
@@ -119,6 +164,7 @@ class ModelService:
         self._threads: list[threading.Thread] = []
         self._failed_stamp: tuple[int, int] | None = None
         self.last_error: str | None = None
+        self.text_encoder = RecentTexts(text_encoder) if text_encoder is not None else None
         self._current = self._load()
 
     # -- model loading and hot reload ------------------------------------------------------
@@ -127,11 +173,18 @@ class ModelService:
     def current(self) -> LoadedModel:
         return self._current
 
+    def describe(self) -> dict:
+        """What the page shows of the model: the checkpoint, whether it takes text, the last reload error."""
+        return {**self._current.describe(), "text_prompts": self.text_encoder is not None,
+                "last_error": self.last_error}
+
     def _load(self) -> LoadedModel:
         from segany.embedding_cache import model_fingerprint
 
         stamp = file_stamp(self.checkpoint) if self.checkpoint is not None else None
         sam = self._loader()
+        if self.text_encoder is not None:  # a checkpoint without a text projection is refused, not served half-working
+            sam.prompt_encoder.check_text_width(self.text_encoder.embed_dim)
         return LoadedModel(sam, model_fingerprint(sam), self.checkpoint, stamp)
 
     def reload_if_changed(self) -> bool:
@@ -181,7 +234,7 @@ class ModelService:
             found = self._cached_predictor(slot)  # someone else may have just computed it
             if found is not None:
                 return found, model
-            predictor = SamPredictor(model.sam)
+            predictor = SamPredictor(model.sam, self.text_encoder)
             set_image_cached(predictor, read_image(path), EmbeddingCache(self.cache_root), model.fingerprint)
         with self._lock:
             if self._current is model:
@@ -242,11 +295,17 @@ class ModelService:
     # -- prompts -----------------------------------------------------------------------------
 
     def propose(
-        self, path: Path, key: str, points: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None
+        self,
+        path: Path,
+        key: str,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        text: str | None,
     ) -> Proposal:
-        """The three candidates for a click/box prompt, as the decoder's low-res logits (to draw) and scores."""
+        """The three candidates for a click/box/text prompt, as the decoder's low-res logits (to draw) and scores."""
         predictor, model = self.predictor(path, key)
-        _, scores, low_res = self._decode(predictor, points, labels, box)
+        _, scores, low_res = self._decode(predictor, points, labels, box, text)
         upscale = model.sam.image_encoder.img_size // low_res.shape[-1]
         # the low-res rows/columns that reach the image (one more for the interpolation at its edge)
         rows, cols = (min(low_res.shape[-2 + axis], -(-predictor.input_size[axis] // upscale) + 1) for axis in (0, 1))
@@ -260,6 +319,7 @@ class ModelService:
         points: np.ndarray | None,
         labels: np.ndarray | None,
         box: np.ndarray | None,
+        text: str | None,
         candidate: int,
         revision: str | None = None,
     ) -> tuple[np.ndarray, float]:
@@ -273,18 +333,22 @@ class ModelService:
             raise ModelChangedError(
                 "a new model checkpoint was loaded since this mask was shown; look at the new mask and accept again"
             )
-        masks, scores, _ = self._decode(predictor, points, labels, box)
+        masks, scores, _ = self._decode(predictor, points, labels, box, text)
         return masks[candidate], float(scores[candidate])
 
-    def _decode(self, predictor, points, labels, box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _decode(self, predictor, points, labels, box, text) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``predictor.predict`` (3 candidates) on the one decoding thread.
 
         Requests arrive on many server threads, and each thread that runs torch keeps its own
         team of OpenMP workers; those of idle teams spin for a while and take the cores from
         the busy one. Funnelling every decode through one thread keeps one team, and the
-        click latency low.
+        click latency low. CLIP's text tower runs there too, for the same reason.
         """
-        return self._decoder.submit(predictor.predict, points, labels, box, multimask_output=True).result()
+        if text is not None and self.text_encoder is None:
+            raise ValueError("text prompts are off on this server: restart segany serve with --clip-checkpoint "
+                             "(the CLIP weights that its model was trained with)")
+        return self._decoder.submit(predictor.predict, points, labels, box, multimask_output=True,
+                                    text=text).result()
 
     def automatic_masks(self, path: Path, **generator_options) -> list[dict]:
         """The automatic generator's masks for an image (records as ``SamAutomaticMaskGenerator`` returns)."""

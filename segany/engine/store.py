@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS objects (
     source TEXT NOT NULL CHECK (source IN ('manual', 'prefilled')),
     seconds REAL NOT NULL DEFAULT 0,      -- time the person spent on this mask
     score REAL,                           -- the model's predicted IoU when it was made
-    prompts TEXT,                         -- JSON {points, labels, box} that produced it
+    prompts TEXT,                         -- JSON {points, labels, box, text} that produced it
     version INTEGER NOT NULL DEFAULT 1,   -- bumped on every edit, for conflict detection
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL

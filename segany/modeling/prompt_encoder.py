@@ -1,8 +1,11 @@
-"""Prompt encoder: points and box corners become sparse tokens, a mask prompt becomes a dense map.
+"""Prompt encoder: points, box corners and text become sparse tokens, a mask prompt becomes a dense map.
 
 Positions are encoded with random Fourier features (a fixed Gaussian projection, then sin/cos),
 the same encoding that gives the image embedding its positional map, so prompts and image
-features live in one coordinate system.
+features live in one coordinate system. Text prompts (SAM paper, section 7.5) are CLIP
+embeddings, of a text at inference or of an image crop in training, mapped to one token each
+by a learned projection that exists only in models configured for it (``text_embed_dim`` > 0),
+so the official checkpoints keep exactly their parameters.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from segany.modeling.blocks import LayerNorm2d
 
@@ -55,9 +59,11 @@ class PromptEncoder(nn.Module):
         image_embedding_size: tuple[int, int],
         input_image_size: tuple[int, int],
         mask_in_chans: int = 16,
+        text_embed_dim: int = 0,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
+        self.text_embed_dim = text_embed_dim
         self.image_embedding_size = image_embedding_size
         self.input_image_size = input_image_size
         self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
@@ -76,6 +82,8 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        if text_embed_dim > 0:
+            self.text_projection = nn.Linear(text_embed_dim, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image embedding grid, 1 x C x H x W."""
@@ -103,20 +111,49 @@ class PromptEncoder(nn.Module):
     def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
         return self.mask_downscaling(masks)
 
+    def check_text_width(self, width: int) -> None:
+        """Raise a ValueError unless this model takes text embeddings ``width`` wide."""
+        if self.text_embed_dim == 0:
+            raise ValueError(
+                "this model takes no text prompts: it has no text projection (text_embed_dim 0); "
+                "use a model trained with text prompts (training config text.probability > 0)"
+            )
+        if width != self.text_embed_dim:
+            raise ValueError(
+                f"text embedding width mismatch: got {width}, this model takes {self.text_embed_dim}; "
+                "use the CLIP model the SAM model was trained with"
+            )
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Text/image embeddings (B x T x D) to T tokens each.
+
+        CLIP aligns its image and text embeddings in direction, not in length, so they are
+        L2-normalised before the projection: a crop embedding seen in training and a text
+        embedding given at inference then reach the decoder on the same scale.
+        """
+        if text.ndim != 3:
+            raise ValueError(f"text embeddings must be B x T x D, got shape {tuple(text.shape)}")
+        self.check_text_width(text.shape[-1])
+        weight = self.text_projection.weight
+        return self.text_projection(F.normalize(text.to(weight.dtype), dim=-1))
+
     def forward(
         self,
         points: tuple[torch.Tensor, torch.Tensor] | None,
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
+        text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (sparse B x N x C tokens, dense B x C x H x W embedding)."""
-        batch = self._batch_size(points, boxes, masks)
+        """Return (sparse B x N x C tokens, dense B x C x H x W embedding); ``text`` is B x T x D embeddings."""
+        batch = self._batch_size(points, boxes, masks, text)
         weight = self.no_mask_embed.weight
         sparse = [weight.new_empty(batch, 0, self.embed_dim)]
         if points is not None:
             sparse.append(self.embed_points(points[0], points[1], pad=boxes is None))
         if boxes is not None:
             sparse.append(self.embed_boxes(boxes))
+        if text is not None:
+            sparse.append(self.embed_text(text))
         if masks is not None:
             dense = self.embed_masks(masks)
         else:
@@ -124,11 +161,13 @@ class PromptEncoder(nn.Module):
         return torch.cat(sparse, dim=1), dense
 
     @staticmethod
-    def _batch_size(points, boxes, masks) -> int:
+    def _batch_size(points, boxes, masks, text) -> int:
         if points is not None:
             return points[0].shape[0]
         if boxes is not None:
             return boxes.shape[0]
         if masks is not None:
             return masks.shape[0]
+        if text is not None:
+            return text.shape[0]
         return 1

@@ -72,7 +72,10 @@ class Sam(nn.Module):
 
     @torch.no_grad()
     def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
-        """Segment a batch of already-resized images, each with its own prompts (official API)."""
+        """Segment a batch of already-resized images, each with its own prompts (official API).
+
+        Besides the official record keys, "text_embeddings" (B x T x D) prompts with text.
+        """
         images = torch.stack([self.preprocess(record["image"]) for record in batched_input])
         embeddings = self.image_encoder(images)
         outputs = []
@@ -81,7 +84,8 @@ class Sam(nn.Module):
             if "point_coords" in record:
                 points = (record["point_coords"], record["point_labels"])
             sparse, dense = self.prompt_encoder(
-                points=points, boxes=record.get("boxes"), masks=record.get("mask_inputs")
+                points=points, boxes=record.get("boxes"), masks=record.get("mask_inputs"),
+                text=record.get("text_embeddings"),
             )
             low_res, iou = self.mask_decoder(
                 image_embeddings=embedding.unsqueeze(0),

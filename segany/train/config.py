@@ -30,7 +30,7 @@ class ModelConfig:
     drop_path_rate: float = 0.4  # paper: 0.4 (ViT-H, ViT-L), 0.6 (ViT-B)
     overrides: dict[str, Any] = field(default_factory=dict)  # SamConfig fields, e.g. {decoder_mlp_dim: 512}
     init_backbone: str | None = None  # "efficientnet_lite0_imagenet": ImageNet weights for the "lite" encoder
-    freeze: list[str] = field(default_factory=list)  # any of FREEZABLE_MODULES
+    freeze: list[str] = field(default_factory=list)  # FREEZABLE_MODULES or their parts (dotted submodule paths)
 
 
 @dataclass
@@ -66,6 +66,18 @@ class PromptConfig:
 
 
 @dataclass
+class TextConfig:
+    """Training for text prompts (SAM paper, section 7.5): CLIP crop embeddings as first prompts."""
+
+    probability: float = 0.0  # share of objects prompted first by their crop's CLIP embedding; 0 = off
+    clip_model: str = "ViT-L-14-336"  # open_clip architecture; paper: CLIP ViT-L/14 at 336 px
+    clip_checkpoint: str | None = None  # local open_clip weights file (required when probability > 0)
+    crop_expand: float = 2.0  # crop side / mask box's longer side (not in the paper)
+    min_mask_area: int = 0  # smaller masks (pixels at model input) keep point/box prompts; paper: 100 x 100
+    embedding_cache: str | None = None  # folder; default RUN_DIR/text_embeddings
+
+
+@dataclass
 class LossConfig:
     focal_weight: float = 20.0  # paper: focal:dice = 20:1
     dice_weight: float = 1.0
@@ -92,6 +104,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 90000  # paper: 90k (ViT-H), 180k (ViT-B, ViT-L)
@@ -118,8 +131,9 @@ class TrainConfig:
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.device in ("auto", "cpu") or self.device.startswith("cuda"),
              f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}"),
-            (set(self.model.freeze) <= set(FREEZABLE_MODULES),
-             f"model.freeze takes {list(FREEZABLE_MODULES)}, got {self.model.freeze}"),
+            ({name.split(".")[0] for name in self.model.freeze} <= set(FREEZABLE_MODULES),
+             f"model.freeze takes {list(FREEZABLE_MODULES)} or a part of one (e.g. image_encoder._blocks), "
+             f"got {self.model.freeze}"),
             (self.data.masks_per_image > 0, "data.masks_per_image must be positive"),
             (not (self.data.path and self.data.sources), "give data.path or data.sources, not both"),
             (all(s.kind in SOURCE_KINDS and s.weight > 0 and s.count > 0 for s in self.data.sources),
@@ -131,6 +145,10 @@ class TrainConfig:
              f"data.scale_jitter must be null or [min, max] with 0 < min <= max, got {self.data.scale_jitter}"),
             (0 <= self.prompts.box_probability <= 1, "prompts.box_probability must be in [0, 1]"),
             (self.prompts.rounds >= 1, "prompts.rounds must be at least 1"),
+            (0 <= self.text.probability <= 1, "text.probability must be in [0, 1]"),
+            (self.text.crop_expand >= 1, "text.crop_expand must be at least 1"),
+            (self.text.probability == 0 or "prompt_encoder" not in self.model.freeze,
+             "text prompts train the prompt encoder's text projection: do not freeze prompt_encoder"),
             (len(self.optim.betas) == 2, "optim.betas must be [beta1, beta2]"),
             (0 < self.optim.layer_decay <= 1, "optim.layer_decay must be in (0, 1]"),
             (self.log_every > 0 and self.checkpoint_every > 0 and self.keep_checkpoints > 0,

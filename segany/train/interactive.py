@@ -1,11 +1,12 @@
 """One training pass of SAM's simulated interactive segmentation (SAM paper, appendix A).
 
 The image encoder runs once per image; the prompt encoder and mask decoder then run for
-several rounds per object. Round 1 prompts with a point (three candidate masks) or a box
-(one mask); each later round adds a corrective point from the current error region and
-feeds back the unthresholded low-res logits of the mask the model ranked best; mask-only
-rounds add no point. Every round's prediction is trained, and the loss of an object is the
-mean over its rounds.
+several rounds per object. Round 1 prompts with a point (three candidate masks), a box
+(one mask) or, to train for text prompts, the CLIP embedding of the object's crop (three
+candidate masks: a name can be as ambiguous as a point); each later round adds a
+corrective point from the current error region and feeds back the unthresholded low-res
+logits of the mask the model ranked best; mask-only rounds add no point. Every round's
+prediction is trained, and the loss of an object is the mean over its rounds.
 """
 
 from __future__ import annotations
@@ -21,18 +22,20 @@ from segany.train.config import LossConfig, PromptConfig
 from segany.train.data import DeviceBatch, low_res_targets
 from segany.train.losses import mask_iou, sam_losses
 from segany.train.prompts import PromptDraws, error_points, noisy_boxes, sample_pixels
+from segany.train.text_prompts import TextPrompts
 
 STAT_NAMES = ("loss", "focal", "dice", "iou_mse", "miou_first", "miou")
 
 
 @dataclass
 class _PromptGroup:
-    """Objects that share a prompt structure (point-first or box-first), with their prompts so far."""
+    """Objects that share a prompt structure (point-, box- or text-first), with their prompts so far."""
 
     index: torch.Tensor
     coords: torch.Tensor  # n x k x 2
     labels: torch.Tensor  # n x k
     boxes: torch.Tensor | None  # n x 4 for the box-first group
+    text: torch.Tensor | None = None  # n x 1 x D for the text-first group
 
 
 class InteractiveSegmentation(nn.Module):
@@ -59,12 +62,15 @@ class InteractiveSegmentation(nn.Module):
         draws: PromptDraws,
         schedule: list[bool],
         embeddings: torch.Tensor | None = None,
+        text: TextPrompts | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run 1 + len(schedule) rounds; ``schedule[i]`` says whether round i + 2 adds a point.
 
-        ``embeddings`` (B x C x h x w) stand in for the encoder when it is frozen. Returns the
-        sum over objects of each object's loss (differentiable) and the sums over objects of
-        STAT_NAMES (loss terms averaged over rounds; IoU of the first and last round's mask).
+        ``embeddings`` (B x C x h x w) stand in for the encoder when it is frozen; ``text``
+        makes its chosen objects text-first (their crop embedding replaces point and box).
+        Returns the sum over objects of each object's loss (differentiable) and the sums over
+        objects of STAT_NAMES (loss terms averaged over rounds; IoU of the first and last
+        round's mask).
         """
         if embeddings is None:
             embeddings = self.embed(batch.images, batch.image_sizes)
@@ -72,7 +78,7 @@ class InteractiveSegmentation(nn.Module):
         image_pe = self.sam.prompt_encoder.get_dense_pe()
         targets = low_res_targets(batch.masks, self.sam.prompt_encoder.mask_input_size)
         valid = self._inside_image(batch)
-        groups = self._first_prompts(batch, draws)
+        groups = self._first_prompts(batch, draws, text)
 
         rounds = 1 + len(schedule)
         count = len(batch.masks)
@@ -111,18 +117,25 @@ class InteractiveSegmentation(nn.Module):
             mask_input = chosen[:, None]
         return loss_sum, stat_sums
 
-    def _first_prompts(self, batch: DeviceBatch, draws: PromptDraws) -> list[_PromptGroup]:
+    def _first_prompts(self, batch: DeviceBatch, draws: PromptDraws, text: TextPrompts | None) -> list[_PromptGroup]:
         points, _ = sample_pixels(batch.masks, draws.first_point)
         boxes = noisy_boxes(batch.masks, draws.box_noise, batch.limits, self.prompts.box_noise,
                             self.prompts.box_noise_max)
-        by_point = (~draws.use_box).nonzero()[:, 0]
-        by_box = draws.use_box.nonzero()[:, 0]
+        by_text = text.chosen if text is not None else torch.zeros_like(draws.use_box)
+        by_point = (~draws.use_box & ~by_text).nonzero()[:, 0]
+        by_box = (draws.use_box & ~by_text).nonzero()[:, 0]
         device = batch.masks.device
-        return [
+        groups = [
             _PromptGroup(by_point, points[by_point, None], torch.ones(len(by_point), 1, dtype=torch.long, device=device), None),
             _PromptGroup(by_box, points.new_zeros(len(by_box), 0, 2), torch.zeros(len(by_box), 0, dtype=torch.long,
                                                                                   device=device), boxes[by_box]),
         ]
+        if text is not None:
+            index = by_text.nonzero()[:, 0]
+            groups.append(_PromptGroup(index, points.new_zeros(len(index), 0, 2),
+                                       torch.zeros(len(index), 0, dtype=torch.long, device=device), None,
+                                       text.embeddings[index, None]))
+        return groups
 
     def _decode(
         self,
@@ -137,6 +150,7 @@ class InteractiveSegmentation(nn.Module):
             points=points,
             boxes=group.boxes,
             masks=None if mask_input is None else mask_input[group.index],
+            text=group.text,
         )
         return self.sam.mask_decoder(
             image_embeddings=object_embeddings[group.index],

@@ -8,6 +8,7 @@ weights, do not depend on how many processes share the batch. A run directory ho
     config.yaml           the resolved configuration
     metrics.jsonl         one line per logged step
     plot.png              loss and mIoU curves
+    text_embeddings/      cached CLIP embeddings of mask crops, when training for text prompts
     checkpoints/step_N.pt everything needed to resume exactly
     final.safetensors     the trained weights, for build_sam("auto", checkpoint=...)
 """
@@ -32,6 +33,7 @@ from segany.build import build_sam, save_sam
 from segany.embedding_cache import EmbeddingCache, image_fingerprint, model_fingerprint
 from segany.io import atomic_write
 from segany.modeling import Sam
+from segany.text import OpenClipEmbedder, PromptEmbedder
 from segany.train.checkpoint import (
     checkpoint_path,
     list_checkpoints,
@@ -46,12 +48,13 @@ from segany.train.interactive import STAT_NAMES, InteractiveSegmentation
 from segany.train.metrics import MetricsLog, plot_metrics
 from segany.train.optim import build_optimizer, build_scheduler
 from segany.train.prompts import PromptDraws, round_schedule
+from segany.train.text_prompts import CropPrompter
 
 log = logging.getLogger("segany.train")
 
 # Settings a resumed run may change without breaking exact continuation.
 RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device",
-                     "data.path", "data.workers", "data.embedding_cache"}
+                     "data.path", "data.workers", "data.embedding_cache", "text.embedding_cache"}
 FINAL_WEIGHTS = "final.safetensors"
 
 
@@ -64,10 +67,20 @@ def resolve_device(name: str) -> str:
     return distributed.worker_device(name)
 
 
-def build_training_model(config: ModelConfig, seed: int) -> Sam:
-    """The model to train: seeded random init or ``config.init``, with the training-only settings."""
+def build_training_model(config: ModelConfig, seed: int, text_embed_dim: int = 0) -> Sam:
+    """The model to train: seeded random init or ``config.init``, with the training-only settings.
+
+    ``text_embed_dim`` > 0 (the CLIP width, when training for text prompts) gives it a text
+    projection, freshly initialised if ``config.init`` has none.
+    """
     torch.manual_seed(seed)
-    sam = build_sam(config.type, checkpoint=config.init, drop_path_rate=config.drop_path_rate, **config.overrides)
+    overrides = dict(config.overrides)
+    if text_embed_dim:
+        if overrides.get("text_embed_dim", text_embed_dim) != text_embed_dim:
+            raise ValueError(f"text embedding width mismatch: model.overrides.text_embed_dim is "
+                             f"{overrides['text_embed_dim']}, the CLIP model's embeddings are {text_embed_dim} wide")
+        overrides["text_embed_dim"] = text_embed_dim
+    sam = build_sam(config.type, checkpoint=config.init, drop_path_rate=config.drop_path_rate, **overrides)
     if config.init_backbone == "efficientnet_lite0_imagenet" and config.init is None:
         if not hasattr(sam.image_encoder, "load_pretrained_backbone"):
             raise ValueError(f"model.init_backbone {config.init_backbone!r} needs an EfficientNet-Lite0 encoder "
@@ -102,7 +115,7 @@ class Trainer:
     """Holds a run's state; :meth:`run` trains from the last checkpoint (or the start) to ``config.steps``."""
 
     def __init__(self, config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
-                 dataset: Sequence[MaskSample] | None = None) -> None:
+                 dataset: Sequence[MaskSample] | None = None, text_encoder: PromptEmbedder | None = None) -> None:
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.config = config.validate(self.world)
         self.run_dir = Path(run_dir)
@@ -116,10 +129,17 @@ class Trainer:
         if saved is not None:
             check_resumable(saved["config"], config)
 
-        self.sam = build_training_model(config.model, config.seed).to(self.device)
+        self.text = None
+        if config.text.probability > 0:
+            text_encoder = text_encoder or OpenClipEmbedder(config.text.clip_model, config.text.clip_checkpoint,
+                                                            self.device)
+            self.text = CropPrompter(config.text, text_encoder,
+                                     config.text.embedding_cache or self.run_dir / "text_embeddings")
+        text_width = self.text.embedder.embed_dim if self.text is not None else 0
+        self.sam = build_training_model(config.model, config.seed, text_width).to(self.device)
         self.frozen = set(config.model.freeze)
         for name in self.frozen:
-            getattr(self.sam, name).requires_grad_(False)
+            self._frozen_module(name).requires_grad_(False)
         self.step_module = InteractiveSegmentation(self.sam, config.prompts, config.loss)
         self.optimizer = build_optimizer(self.sam, config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.optim)
@@ -143,6 +163,14 @@ class Trainer:
         self.dataset = TrainingSet(source, self.sam.image_encoder.img_size, config.data, config.seed)
         if distributed.is_main_process():
             self._prepare_run_dir()
+
+    def _frozen_module(self, name: str) -> torch.nn.Module:
+        """The module that ``model.freeze`` names: a top-level part or a dotted path inside one."""
+        try:
+            return self.sam.get_submodule(name)
+        except AttributeError as error:
+            raise ValueError(f"model.freeze names {name!r}, which this '{self.config.model.type}' model "
+                             "does not have") from error
 
     def _open_data(self) -> Sequence[MaskSample]:
         return open_training_data(self.config.data, self.config.seed)
@@ -173,7 +201,7 @@ class Trainer:
         config = self.config
         self.sam.train()
         for name in self.frozen:  # frozen parts run as at inference: no drop path, fixed norm statistics
-            getattr(self.sam, name).eval()
+            self._frozen_module(name).eval()
         sampler = StepSampler(self.start_step, config.steps, config.batch_size, self.rank, self.world,
                               config.accumulation_steps)
         batches = iter(data_loader(self.dataset, sampler, config.data.workers))
@@ -214,10 +242,11 @@ class Trainer:
         for index, (examples, batch) in enumerate(zip(microbatches, batches)):
             draws = self._prompt_draws(batch, len(schedule))
             embeddings = self._frozen_embeddings(examples, batch)
+            text = self.text.prompts(examples).to(self.device) if self.text is not None else None
             last = index == len(batches) - 1
             sync = contextlib.nullcontext() if last or self.world == 1 else self.model.no_sync()
             with sync, self._autocast():
-                loss_sum, sums = self.model(batch, draws, schedule, embeddings)
+                loss_sum, sums = self.model(batch, draws, schedule, embeddings, text)
             # Normalised by the global object count; DDP averages over processes, hence x world.
             self.scaler.scale(loss_sum * self.world / objects).backward()
             stat_sums += sums
@@ -298,12 +327,13 @@ class Trainer:
 
 
 def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
-          dataset: Sequence[MaskSample] | None = None) -> Path:
+          dataset: Sequence[MaskSample] | None = None, text_encoder: PromptEmbedder | None = None) -> Path:
     """Train (or, with ``resume``, continue training) into ``run_dir``; returns the final weights.
 
     Joins the torchrun process group when started under torchrun. ``dataset`` replaces
-    ``config.data.path`` with any indexable collection of samples (``.image``, ``.masks``).
+    ``config.data.path`` with any indexable collection of samples (``.image``, ``.masks``);
+    ``text_encoder`` replaces the open_clip model of ``config.text`` (any aligned embedder).
     """
     with distributed.process_group(resolve_device(config.device)):
-        return Trainer(config, run_dir, resume, dataset).run()
+        return Trainer(config, run_dir, resume, dataset, text_encoder).run()
 

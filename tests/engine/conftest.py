@@ -1,4 +1,4 @@
-"""Fixtures for the data engine: a tiny random checkpoint, a folder of small images, an app client."""
+"""Fixtures for the data engine: tiny random checkpoints, a folder of small images, an app client, a server."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import segany
+from segany.text import PromptEmbedder
 
 REPO = Path(__file__).resolve().parents[2]
+SEGANY_CLI = ("-m", "segany")  # how ServerProcess starts the command line
 
 
 def make_images(folder: Path, seed: int = 0) -> Path:
@@ -35,10 +39,20 @@ def images_dir(tmp_path) -> Path:
     return make_images(tmp_path / "images")
 
 
-def tiny_service(checkpoint: Path, cache: Path):
+@pytest.fixture(scope="session")
+def text_checkpoint(tmp_path_factory) -> Path:
+    """A tiny SAM with a text projection for the tiny CLIP's width (seeded random weights)."""
+    from tiny_clip import WIDTH
+
+    torch.manual_seed(0)
+    model = segany.build_sam("tiny", text_embed_dim=WIDTH)
+    return segany.save_sam(model, tmp_path_factory.mktemp("weights") / "tiny_text.safetensors")
+
+
+def tiny_service(checkpoint: Path, cache: Path, text_encoder: PromptEmbedder | None = None):
     from segany.engine.model import ModelService
 
-    return ModelService(lambda: segany.build_sam("auto", checkpoint), checkpoint, cache)
+    return ModelService(lambda: segany.build_sam("auto", checkpoint), checkpoint, cache, text_encoder=text_encoder)
 
 
 @pytest.fixture
@@ -50,8 +64,9 @@ def make_client(tmp_path, images_dir, tiny_checkpoint):
 
     clients = []
 
-    def build(checkpoint: Path = tiny_checkpoint, base_url: str = "http://127.0.0.1", **options):
-        service = tiny_service(checkpoint, tmp_path / "cache")
+    def build(checkpoint: Path = tiny_checkpoint, base_url: str = "http://127.0.0.1",
+              text_encoder: PromptEmbedder | None = None, **options):
+        service = tiny_service(checkpoint, tmp_path / "cache", text_encoder)
         app = create_app(images_dir, tmp_path / "db.sqlite", service, **options)
         client = TestClient(app, base_url=base_url)
         client.__enter__()
@@ -76,13 +91,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``segany serve`` in a subprocess on a free loopback port."""
+    """``segany serve`` in a subprocess on a free loopback port.
 
-    def __init__(self, images: Path, db: Path, checkpoint: Path, *extra: str) -> None:
+    ``cli`` is what follows ``python`` to run the segany command line (e.g. ``-c CODE ARGS``
+    to prepare the process first).
+    """
+
+    def __init__(self, images: Path, db: Path, checkpoint: Path, *extra: str, cli: Sequence[str] = SEGANY_CLI) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "segany", "serve", str(images), "--db", str(db), "--checkpoint", str(checkpoint),
+            [sys.executable, *cli, "serve", str(images), "--db", str(db), "--checkpoint", str(checkpoint),
              "--port", str(self.port), *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
@@ -113,8 +132,8 @@ class ServerProcess:
 def server(tmp_path, images_dir, tiny_checkpoint):
     started = []
 
-    def start(*extra: str) -> ServerProcess:
-        process = ServerProcess(images_dir, tmp_path / "db.sqlite", tiny_checkpoint, *extra)
+    def start(*extra: str, checkpoint: Path = tiny_checkpoint, cli: Sequence[str] = SEGANY_CLI) -> ServerProcess:
+        process = ServerProcess(images_dir, tmp_path / "db.sqlite", checkpoint, *extra, cli=cli)
         started.append(process)
         return process
 

@@ -19,6 +19,19 @@ def image_id(client, path: str) -> int:
     return next(image["id"] for image in client.get("/api/images").json()["images"] if image["path"] == path)
 
 
+def assert_same_candidates(reply, scores: np.ndarray, low_res: np.ndarray) -> dict:
+    """A predict reply holds the predictor's scores and low-res logits (to int16 precision); returns its header."""
+    assert reply.status_code == 200, reply.text
+    data = json.loads(reply.headers["X-Proposal"])
+    assert data["scores"] == pytest.approx(scores.tolist(), abs=1e-6)
+    logits = np.frombuffer(reply.content, "<i2").reshape(data["shape"]) / data["logit_scale"]
+    expected = low_res[:, :data["shape"][1], :data["shape"][2]]
+    in_range = np.abs(expected) < 32  # int16 holds [-32, 32] logits; beyond, only the sign matters
+    assert np.abs(logits - expected)[in_range].max() <= 0.5 / LOGIT_SCALE + 1e-6
+    assert np.array_equal(logits > 0, np.rint(expected * LOGIT_SCALE) > 0)
+    return data
+
+
 def wait_for(condition, seconds: float = 30.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -48,20 +61,13 @@ def test_a_click_returns_the_decoders_three_candidates(client, images_dir, tiny_
     assert client.post(f"/api/images/{target}/embedding").json()["ready"]
     prompt = {"points": [[25, 20], [60, 50]], "labels": [1, 0]}
     reply = client.post(f"/api/images/{target}/predict", json=prompt)
-    assert reply.status_code == 200
-    data = json.loads(reply.headers["X-Proposal"])
 
     predictor = segany.SamPredictor(segany.build_sam("auto", tiny_checkpoint))
     predictor.set_image(read_image(images_dir / "a.png"))
     masks, scores, low_res = predictor.predict(np.array(prompt["points"]), np.array(prompt["labels"]))
-    assert data["scores"] == pytest.approx(scores.tolist(), abs=1e-6)
+    data = assert_same_candidates(reply, scores, low_res)
     # a.png is 60 x 80: resized to 192 x 256, i.e. 48 x 64 low-res pixels (+1 row for interpolation)
     assert data["input_size"] == [192, 256] and data["upscale"] == 4 and data["shape"] == [3, 49, 64]
-    logits = np.frombuffer(reply.content, "<i2").reshape(data["shape"]) / data["logit_scale"]
-    expected = low_res[:, :49, :64]
-    in_range = np.abs(expected) < 32  # int16 holds [-32, 32] logits; beyond, only the sign matters
-    assert np.abs(logits - expected)[in_range].max() <= 0.5 / LOGIT_SCALE + 1e-6
-    assert np.array_equal(logits > 0, np.rint(expected * LOGIT_SCALE) > 0)
 
     # accepting a candidate stores the predictor's exact full-size mask for that prompt
     for candidate in range(3):

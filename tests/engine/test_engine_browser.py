@@ -1,8 +1,8 @@
 """The annotation page in a real browser (Debian's Chromium, headless, driven by Playwright).
 
 Open the app, click on a sample image, receive a mask, accept it with a label, reload and see
-it kept, export COCO and read the file with pycocotools. A screenshot of the page is kept in
-test-artifacts/ for people to look at.
+it kept, export COCO and read the file with pycocotools; describe an object in words on a server
+with CLIP. A screenshot of the page is kept in test-artifacts/ for people to look at.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from segany.masks import decode_rle
+
+from tiny_clip import ARCHITECTURE, REGISTER_THEN_CLI, config_path
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -41,6 +43,7 @@ def page():
 
 def click_canvas(page, fx: float, fy: float, shift: bool = False) -> None:
     """Click at a fraction of the drawn image (the canvas letterboxes it)."""
+    page.wait_for_function("state.picture !== null")  # the photo loads after the page settles
     x, y = page.evaluate(
         "([fx, fy]) => { const r = document.getElementById('canvas').getBoundingClientRect();"
         " const k = r.width / document.getElementById('canvas').width;"
@@ -102,6 +105,7 @@ def test_click_accept_reload_export(server, images_dir, tmp_path, page):
 
 
 def drag_canvas(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    page.wait_for_function("state.picture !== null")
     points = page.evaluate(
         "(pairs) => { const c = document.getElementById('canvas'); const r = c.getBoundingClientRect();"
         " const k = r.width / c.width; return pairs.map(([fx, fy]) => ["
@@ -120,6 +124,7 @@ def test_box_undo_redo_edit_delete_and_next_image(server, page):
     page.goto(running.url + "/")
     page.wait_for_selector("#busy", state="hidden")
     assert page.inner_text("#image-name") == "a.png"
+    assert page.is_hidden("#text-prompt")  # this server has no CLIP
 
     drag_canvas(page, (0.2, 0.2), (0.6, 0.7))
     page.wait_for_function("state.prompt.box !== null && state.answered === state.sequence")
@@ -147,3 +152,23 @@ def test_box_undo_redo_edit_delete_and_next_image(server, page):
     page.wait_for_selector("#image-list li.done")
     assert page.errors == []
 
+
+def test_typing_a_description_segments_it(server, text_checkpoint, clip_weights, page):
+    running = server("--clip-model", ARCHITECTURE, "--clip-checkpoint", str(clip_weights), checkpoint=text_checkpoint,
+                     cli=("-c", REGISTER_THEN_CLI, str(config_path(clip_weights))))
+    page.goto(running.url + "/")
+    page.wait_for_selector("#busy", state="hidden")
+    assert page.is_visible("#text-prompt")  # the server said it takes text
+    page.keyboard.press("t")
+    page.keyboard.type("a red square")
+    page.keyboard.press("Enter")
+    page.wait_for_function("state.answered === state.sequence && state.candidates.length === 3")
+    assert page.evaluate("state.prompt") == {"points": [], "labels": [], "box": None, "text": "a red square"}
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "engine-app-text.png"))
+    page.click("#accept")
+    page.wait_for_selector("#object-list li[data-id]")
+    assert page.input_value("#text-prompt") == ""  # the next object starts afresh
+    (stored,) = httpx.get(f"{running.url}/api/images/{page.evaluate('state.current.id')}").json()["objects"]
+    assert stored["prompts"]["text"] == "a red square"
+    assert page.errors == []

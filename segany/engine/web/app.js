@@ -30,7 +30,11 @@ const state = {
 };
 
 function emptyPrompt() {
-  return { points: [], labels: [], box: null };
+  return { points: [], labels: [], box: null, text: null };
+}
+
+function hasPrompt(prompt) {
+  return prompt.points.length > 0 || prompt.box !== null || Boolean(prompt.text);
 }
 
 // ---------------------------------------------------------------- server calls
@@ -268,6 +272,7 @@ function editSelected() {
   state.candidates = [{ score: object.score ?? 1, mask: object.mask, stored: true }];
   state.chosen = 0;
   state.startedAt = performance.now();
+  showText();
   $("label").value = object.label;
   $("editing").hidden = false;
   $("editing-id").textContent = `#${object.id}`;
@@ -340,6 +345,7 @@ function resetPrompt() {
   state.chosen = 0;
   state.startedAt = null;
   state.sequence++;
+  showText();
   renderMaskLayer();
   renderCandidates();
 }
@@ -357,6 +363,7 @@ function restore(from, to) {
   state.candidates = snapshot.candidates;
   state.chosen = snapshot.chosen;
   state.sequence++;  // a reply still on its way belongs to the prompt just left
+  showText();
   renderMaskLayer();
   renderCandidates();
   draw();
@@ -371,9 +378,20 @@ function changePrompt(change) {
   predict().catch((error) => toast(error.message, true));
 }
 
+// The text box shows the text of the prompt on screen (after undo, clear, accept, edit).
+function showText() {
+  $("text-prompt").value = state.prompt.text || "";
+}
+
+// Enter in the text box: segment what the words describe, with the points and box given so far.
+function submitText() {
+  const text = $("text-prompt").value.trim() || null;
+  changePrompt((prompt) => (prompt.text = text));
+}
+
 async function predict() {
   const prompt = state.prompt;
-  if (!prompt.points.length && !prompt.box) {
+  if (!hasPrompt(prompt)) {
     state.candidates = [];
     renderMaskLayer();
     renderCandidates();
@@ -668,6 +686,7 @@ function onKey(event) {
     if (key === "Enter") {
       event.preventDefault();
       if (event.target.id === "selected-label") reportErrors(saveSelectedLabel)();
+      else if (event.target.id === "text-prompt") submitText();
       else reportErrors(accept)();
     } else if (key === "Escape") {
       event.target.blur();
@@ -678,12 +697,12 @@ function onKey(event) {
   const control = event.ctrlKey || event.metaKey;
   const actions = {
     Enter: accept, a: accept,
-    Escape: () => (state.editing ? cancelEdit() : state.prompt.points.length || state.prompt.box ? (remember(), resetPrompt(), draw()) : select(null)),
+    Escape: () => (state.editing ? cancelEdit() : hasPrompt(state.prompt) ? (remember(), resetPrompt(), draw()) : select(null)),
     "1": () => choose(0), "2": () => choose(1), "3": () => choose(2),
     Tab: () => choose((state.chosen + 1) % Math.max(1, state.candidates.length)),
     n: () => step(1), ArrowRight: () => step(1), p: () => step(-1), ArrowLeft: () => step(-1),
     Delete: deleteSelected, Backspace: deleteSelected, e: editSelected,
-    l: () => $("label").focus(), f: prefill, m: toggleDone, "?": () => $("help").showModal(),
+    l: () => $("label").focus(), t: () => $("text-prompt").focus(), f: prefill, m: toggleDone, "?": () => $("help").showModal(),
     z: () => { fitView(); draw(); },
   };
   let action = null;
@@ -708,9 +727,10 @@ async function pollModel() {
   $("model").textContent = `model: ${name} · ${info.revision.slice(0, 8)}`;
   $("model").title = `${info.checkpoint || "embedded default model"}\nloaded ${new Date(info.loaded_at * 1000).toLocaleString()}` +
     (info.last_error ? `\nlast reload failed: ${info.last_error}` : "");
+  $("text-prompt-row").hidden = !info.text_prompts;
   const changed = state.model !== null && info.revision !== state.model;
   noteModel(info.revision);
-  if (changed && state.current && (state.prompt.points.length || state.prompt.box)) await predict();
+  if (changed && state.current && hasPrompt(state.prompt)) await predict();
 }
 
 // ---------------------------------------------------------------- start
