@@ -7,6 +7,7 @@ import torch
 
 from segany.io import check_image_array
 from segany.modeling import Sam
+from segany.prompt_checks import check_box, check_mask_input, check_points
 from segany.text import PromptEmbedder
 from segany.transforms import ResizeLongestSide
 
@@ -104,15 +105,16 @@ class SamPredictor:
         self._require_image()
         coords_torch = labels_torch = box_torch = mask_torch = text_torch = None
         if point_coords is not None or point_labels is not None:
-            coords, labels = self._check_points(point_coords, point_labels)
+            coords, labels = check_points(point_coords, point_labels, self.original_size)
             coords = self.transform.apply_coords(coords, self.original_size)
             coords_torch = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
             labels_torch = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
-            box = self.transform.apply_boxes(self._check_box(box), self.original_size)
+            box = self.transform.apply_boxes(check_box(box, self.original_size), self.original_size)
             box_torch = torch.as_tensor(box, dtype=torch.float, device=self.device)
         if mask_input is not None:
-            mask_torch = torch.as_tensor(self._check_mask_input(mask_input), dtype=torch.float, device=self.device)[None]
+            mask = check_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)
+            mask_torch = torch.as_tensor(mask, dtype=torch.float, device=self.device)[None]
         if text is not None:
             text_torch = self._embed_text(text)
         if coords_torch is None and box_torch is None and mask_torch is None and text_torch is None:
@@ -179,48 +181,3 @@ class SamPredictor:
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise ImageNotSetError("an image must be set with .set_image(...) before mask prediction")
-
-    def _check_points(self, point_coords, point_labels) -> tuple[np.ndarray, np.ndarray]:
-        if point_coords is None or point_labels is None:
-            raise ValueError("point_coords and point_labels must be given together")
-        coords = np.asarray(point_coords, dtype=float)
-        labels = np.asarray(point_labels)
-        if coords.ndim != 2 or coords.shape[1] != 2:
-            raise ValueError(f"point_coords must have shape Nx2 (x, y), got {coords.shape}")
-        if len(coords) == 0:
-            raise ValueError("point_coords is empty: give at least one point")
-        if labels.shape != (len(coords),):
-            raise ValueError(f"point_labels must have shape ({len(coords)},) to match point_coords, got {labels.shape}")
-        if not np.isin(labels, (0, 1)).all():
-            raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}")
-        self._check_inside(coords, "point_coords")
-        return coords, labels
-
-    def _check_box(self, box) -> np.ndarray:
-        box = np.asarray(box, dtype=float)
-        if box.size != 4 or box.ndim > 2:
-            raise ValueError(f"box must have 4 values (x0, y0, x1, y1), got shape {box.shape}")
-        box = box.reshape(4)
-        self._check_inside(box.reshape(2, 2), "box")
-        if box[2] < box[0] or box[3] < box[1]:
-            raise ValueError(f"box must be XYXY with x1 >= x0 and y1 >= y0, got {box.tolist()}")
-        return box
-
-    def _check_inside(self, coords: np.ndarray, name: str) -> None:
-        if not np.isfinite(coords).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
-        height, width = self.original_size
-        outside = (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (coords[:, 1] > height)
-        if outside.any():
-            raise ValueError(
-                f"{name} {coords[outside].tolist()} outside the {width}x{height} (WxH) image"
-            )
-
-    def _check_mask_input(self, mask_input) -> np.ndarray:
-        mask = np.asarray(mask_input, dtype=np.float32)
-        side = self.model.prompt_encoder.mask_input_size
-        if mask.shape != (1, *side):
-            raise ValueError(f"mask_input must have shape (1, {side[0]}, {side[1]}) (low-res logits), got {mask.shape}")
-        if not np.isfinite(mask).all():
-            raise ValueError("mask_input contains NaN or infinite values")
-        return mask

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from segany.export import interface
-from segany.export.prompt_checks import check_box, check_mask_input, check_points
+from segany.prompt_checks import check_box, check_mask_input, check_points
 from segany.io import check_image_array
 from segany.transforms import ResizeLongestSide
 

@@ -1,7 +1,7 @@
 """Validation of user prompts (points, box, mask input), with numpy only.
 
-These are the checks ``SamPredictor`` makes, in a torch-free module so that the
-onnxruntime predictor gives the same clear errors on the same bad input.
+One torch-free module for ``SamPredictor`` and the onnxruntime predictor, so that both
+give the same clear errors on the same bad input.
 """
 
 from __future__ import annotations
