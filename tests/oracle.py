@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,3 +104,10 @@ def build_model_pair(seed: int = 0, config: SamConfig = PARITY_CONFIG) -> tuple[
     ours = build_model(config)
     ours.load_state_dict(reference.state_dict())
     return reference, ours
+
+
+def blocky_image() -> np.ndarray:
+    """A smooth non-square image (random blocks upsampled), so that masks of random weights have structure."""
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, size=(9, 14, 3)).astype(np.uint8)
+    return np.kron(base, np.ones((21, 21, 1), dtype=np.uint8))[:187, :291]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import segany
-from oracle import PARITY_CONFIG, build_model_pair, official
+from oracle import PARITY_CONFIG, blocky_image, build_model_pair, official
 
 from segment_anything import SamPredictor as OfficialPredictor  # noqa: E402
 
@@ -19,10 +19,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    rng = np.random.default_rng(1)
-    base = rng.integers(0, 256, size=(9, 14, 3)).astype(np.uint8)
-    # A smooth non-square image (blocks upsampled) so that masks have structure.
-    return np.kron(base, np.ones((21, 21, 1), dtype=np.uint8))[:187, :291]
+    return blocky_image()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import segany
-from oracle import build_model_pair, official  # noqa: F401  (skips without the official package)
+from oracle import blocky_image, build_model_pair, official  # noqa: F401  (skips without the official package)
 from segany.build import CONFIGS, save_sam
 from segany.cli import main as cli_main
 from segany.export import OnnxPredictor, interface
@@ -44,9 +44,7 @@ def exported(models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    rng = np.random.default_rng(1)
-    base = rng.integers(0, 256, size=(9, 14, 3)).astype(np.uint8)
-    return np.kron(base, np.ones((21, 21, 1), dtype=np.uint8))[:187, :291]
+    return blocky_image()
 
 
 @pytest.fixture(scope="module")
