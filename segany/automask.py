@@ -8,10 +8,11 @@ within each crop and then across crops; small holes and islands can be cleaned u
 
 :class:`SamAutomaticMaskGenerator` is a drop-in for the official one: same arguments,
 defaults and record keys, and the same records on the same weights. It is faster because
-it never builds what it throws away: masks are filtered by predicted IoU while still
-low-resolution logits, only survivors are upscaled (in memory-bounded chunks), stability
-is counted on a reused scratch buffer, masks are kept bit-packed until NMS has picked the
-survivors, and only those are RLE-encoded, in one pycocotools call.
+it never builds what it throws away: masks are filtered by predicted IoU before the
+decoder's feature upscaling runs (it runs only for prompts with a confident mask), only
+survivors are upscaled to pixels (in memory-bounded chunks), stability is counted on a
+reused scratch buffer, masks are kept bit-packed until NMS has picked the survivors, and
+only those are RLE-encoded, in one pycocotools call.
 """
 
 from __future__ import annotations
@@ -320,46 +321,60 @@ class SamAutomaticMaskGenerator:
         predictor = self.predictor
         crop_size = predictor.original_size
         coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), device=predictor.device)
-        low_res, iou_predictions = self._decode(coords, image_pe, image_side)
-        per_point = low_res.shape[1]
-        low_res, iou_predictions = low_res.flatten(0, 1), iou_predictions.flatten(0, 1).float()
+        iou_predictions, upscaled, low_res = self._decode(coords, image_pe, image_side)
+        per_point = iou_predictions.shape[1]
+        iou_predictions = iou_predictions.flatten().float()
         points = torch.as_tensor(points.repeat(per_point, axis=0))
 
-        # Confidence needs no pixels: filter before upscaling anything.
-        kept = torch.arange(len(low_res), device=low_res.device)
+        kept = torch.arange(len(iou_predictions), device=iou_predictions.device)
         if self.pred_iou_thresh > 0.0:
             kept = kept[iou_predictions > self.pred_iou_thresh]
+        # Where each kept mask's logits are among the upscaled prompts' (every kept mask's prompt was).
+        row_of_prompt = torch.full((len(coords),), -1, dtype=torch.long, device=kept.device)
+        row_of_prompt[upscaled] = torch.arange(len(upscaled), device=kept.device)
+        rows = row_of_prompt[kept // per_point] * per_point + kept % per_point
+        low_res = low_res.flatten(0, 1)
         height, width = crop_size
         floats_per_mask = predictor.input_size[0] * predictor.input_size[1] + height * width
         chunk = max(1, UPSCALE_CHUNK_BYTES // (4 * floats_per_mask))
         parts = [
-            self._filter_by_pixels(low_res, iou_predictions, points, kept[start : start + chunk], crop_box, image_size)
+            self._filter_by_pixels(
+                low_res[rows[start : start + chunk]], iou_predictions, points, kept[start : start + chunk],
+                crop_box, image_size,
+            )
             for start in range(0, len(kept), chunk)
         ]
         return MaskCandidates.concatenate(parts) if parts else MaskCandidates.empty(crop_box)
 
     def _decode(
         self, coords: torch.Tensor, image_pe: torch.Tensor, image_side: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res logits (N x 3 x h x w) and predicted IoUs (N x 3) for single foreground points (N x 2)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode single foreground points (N x 2): predicted IoUs (N x 3), and low-res logits
+        (K x 3 x h x w) for the K prompts (indices, K) with a mask above ``pred_iou_thresh``.
+
+        Confidence needs only the transformer: the other prompts' masks are never upscaled,
+        which is half the decoder's work.
+        """
         model = self.predictor.model
+        decoder = model.mask_decoder
         step = DECODE_BATCH_CPU if coords.device.type == "cpu" else len(coords)
-        outputs = []
+        ious, upscaled, low_res = [], [], []
         for start in range(0, len(coords), step):
             points = coords[start : start + step, None, :]
             labels = torch.ones(points.shape[:2], dtype=torch.int, device=coords.device)
             sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
-            outputs.append(
-                model.mask_decoder(
-                    image_embeddings=self.predictor.features,
-                    image_pe=image_pe,
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=True,
-                    image_side=image_side,
-                )
-            )
-        return torch.cat([low_res for low_res, _ in outputs]), torch.cat([iou for _, iou in outputs])
+            decoded = decoder.decode(self.predictor.features, image_pe, sparse, dense, image_side).choose(True)
+            iou = decoded.iou_predictions
+            wanted = torch.arange(len(iou), device=iou.device)
+            if self.pred_iou_thresh > 0.0:
+                wanted = wanted[(iou > self.pred_iou_thresh).any(dim=1)]
+            ious.append(iou)
+            upscaled.append(start + wanted)
+            if len(wanted):
+                low_res.append(decoder.upscale_masks(decoded.select(wanted)))
+        grid_h, grid_w = model.prompt_encoder.mask_input_size
+        empty = torch.zeros(0, ious[0].shape[1], grid_h, grid_w, device=coords.device)
+        return torch.cat(ious), torch.cat(upscaled), torch.cat(low_res) if low_res else empty
 
     def _filter_by_pixels(
         self,
@@ -370,9 +385,10 @@ class SamAutomaticMaskGenerator:
         crop_box: list[int],
         image_size: tuple[int, int],
     ) -> MaskCandidates:
-        """Upscale the masks at ``index``; keep the stable ones that the crop edge did not cut."""
+        """Upscale the masks at ``index`` (their low-res logits: ``low_res``, len(index) x h x w);
+        keep the stable ones that the crop edge did not cut."""
         predictor, model = self.predictor, self.predictor.model
-        logits = model.postprocess_masks(low_res[index][:, None], predictor.input_size, predictor.original_size)[:, 0]
+        logits = model.postprocess_masks(low_res[:, None], predictor.input_size, predictor.original_size)[:, 0]
         stability = stability_scores(logits, model.mask_threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
             stable = stability >= self.stability_score_thresh

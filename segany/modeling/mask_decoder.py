@@ -4,15 +4,54 @@ One IoU token and four mask tokens are prepended to the prompt tokens. After the
 transformer, each mask token's MLP produces the weights of a dynamic linear classifier over
 the 4x-upscaled image features; the IoU token predicts each mask's quality. Token 0's mask
 is the single-mask answer, tokens 1-3 the three ambiguity-aware answers.
+
+Decoding is split in two (:meth:`MaskDecoder.decode`, then :meth:`MaskDecoder.upscale_masks`)
+because the IoU predictions need only the transformer, while the upscaling is half of the
+work: a caller that drops prompts by predicted IoU (the automatic generator) upscales only
+the survivors. The upscaling runs on the transformer's token layout (pixels x channels):
+its kernel-2, stride-2 transposed convolutions give every input pixel its own 2x2 output
+block, so each is one matmul, and pixels are put in image order only once, on the masks.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from segany.modeling.blocks import LayerNorm2d, MultiLayerPerceptron
 from segany.modeling.transformer import ImageSide, TwoWayTransformer
+
+
+@dataclass
+class DecodedPrompts:
+    """Transformer outputs for a batch of prompts: IoU predictions now, masks on demand."""
+
+    hyper_in: torch.Tensor  # B x M x C/8, each mask's classifier over the upscaled features
+    image_tokens: torch.Tensor  # B x HW x C
+    iou_predictions: torch.Tensor  # B x M
+    grid: tuple[int, int]  # H, W of the image tokens
+
+    def choose(self, multimask_output: bool) -> DecodedPrompts:
+        """Keep the three ambiguity-aware masks (tokens 1-3) or the single mask (token 0)."""
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        return DecodedPrompts(
+            hyper_in=self.hyper_in[:, chosen],
+            image_tokens=self.image_tokens,
+            iou_predictions=self.iou_predictions[:, chosen],
+            grid=self.grid,
+        )
+
+    def select(self, index: torch.Tensor) -> DecodedPrompts:
+        """The prompts at ``index`` (indices or a bool mask over the batch), in that order."""
+        return DecodedPrompts(
+            hyper_in=self.hyper_in[index],
+            image_tokens=self.image_tokens[index],
+            iou_predictions=self.iou_predictions[index],
+            grid=self.grid,
+        )
 
 
 class MaskDecoder(nn.Module):
@@ -63,14 +102,14 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return low-res mask logits (B x M x 4h x 4w) and IoU predictions (B x M), M = 3 or 1.
 
-        One image embedding (batch 1) serves a batch of prompts. ``image_side``, from
-        :meth:`image_side` with the same embedding and dense prompt, skips recomputing it.
+        One image embedding (batch 1) serves a batch of prompts, or each prompt has its own.
+        ``image_side``, from :meth:`image_side` with the same embedding and dense prompt,
+        skips recomputing it.
         """
-        masks, iou_pred = self.predict_masks(
+        decoded = self.decode(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side
-        )
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, chosen], iou_pred[:, chosen]
+        ).choose(multimask_output)
+        return self.upscale_masks(decoded), decoded.iou_predictions
 
     def predict_masks(
         self,
@@ -81,23 +120,55 @@ class MaskDecoder(nn.Module):
         image_side: ImageSide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask tokens' logits and IoU predictions, before choosing single or multi-mask."""
+        decoded = self.decode(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side
+        )
+        return self.upscale_masks(decoded), decoded.iou_predictions
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        image_side: ImageSide | None = None,
+    ) -> DecodedPrompts:
+        """Run the transformer, the IoU head and the hypernetworks for a batch of prompts (all
+        mask tokens). Everything on the token side happens here, at the batch's size, so that
+        a mask rounds the same whichever subset of prompts is upscaled."""
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
         if image_side is None:
             image_side = self.image_side(image_embeddings, image_pe, dense_prompt_embeddings)
-
         token_out, image_tokens = self.transformer(None, None, tokens, image=image_side)
-        iou_token_out = token_out[:, 0, :]
-        mask_tokens_out = token_out[:, 1 : 1 + self.num_mask_tokens, :]
-
-        height, width = image_pe.shape[-2:]
-        image_out = image_tokens.transpose(1, 2).reshape(batch, self.transformer_dim, height, width)
-        upscaled = self.output_upscaling(image_out)
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, index, :]) for index, mlp in enumerate(self.output_hypernetworks_mlps)],
-            dim=1,
+            [mlp(token_out[:, 1 + index]) for index, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        _, up_channels, up_h, up_w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(batch, up_channels, up_h * up_w)).view(batch, -1, up_h, up_w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        return DecodedPrompts(
+            hyper_in=hyper_in,
+            image_tokens=image_tokens,
+            iou_predictions=self.iou_prediction_head(token_out[:, 0]),
+            grid=tuple(image_pe.shape[-2:]),
+        )
+
+    def upscale_masks(self, decoded: DecodedPrompts) -> torch.Tensor:
+        """Low-res mask logits (B x M x 4h x 4w) of decoded prompts."""
+        first, norm, first_act, second, second_act = self.output_upscaling
+        batch, pixels, _ = decoded.image_tokens.shape
+        height, width = decoded.grid
+        # Rows: input pixel (y, x), then output offset (i, j) within its 2x2 block, then channels.
+        x = F.linear(decoded.image_tokens, self._as_matrix(first), first.bias.repeat(4))
+        x = x.view(batch, pixels * 4, first.out_channels)
+        x = first_act(F.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
+        x = F.linear(x, self._as_matrix(second), second.bias.repeat(4))
+        x = second_act(x.view(batch, pixels * 16, second.out_channels))
+        masks = x @ decoded.hyper_in.transpose(1, 2)
+        # Row (y, x, i, j, k, l) is output pixel (4y + 2i + k, 4x + 2j + l).
+        masks = masks.view(batch, height, width, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(batch, -1, 4 * height, 4 * width)
+
+    @staticmethod
+    def _as_matrix(conv: nn.ConvTranspose2d) -> torch.Tensor:
+        """A kernel-2, stride-2 ConvTranspose2d's weight (in x out x 2 x 2) as a (2 x 2 x out) x in matrix."""
+        return conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels)

@@ -11,6 +11,8 @@ agree exactly: any difference is a difference in the generators.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -44,11 +46,33 @@ class PointPromptEncoder(nn.Module):
         return coords.float() / self.image_size, dense
 
 
+@dataclass
+class SimilarityDecoded:
+    """The decoder's masks and IoUs, computed up front (the double has no transformer to split off)."""
+
+    low_res: torch.Tensor
+    iou_predictions: torch.Tensor
+
+    def choose(self, multimask_output: bool) -> SimilarityDecoded:
+        return self if multimask_output else SimilarityDecoded(self.low_res[:, :1], self.iou_predictions[:, :1])
+
+    def select(self, index: torch.Tensor) -> SimilarityDecoded:
+        return SimilarityDecoded(self.low_res[index], self.iou_predictions[index])
+
+
 class SimilarityDecoder(nn.Module):
     """Masks of pixels similar in feature to the prompt point, at three distance scales."""
 
     def image_side(self, image_embeddings, image_pe, dense_prompt_embeddings):
         return None
+
+    def decode(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side=None):
+        return SimilarityDecoded(
+            *self(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, True, image_side)
+        )
+
+    def upscale_masks(self, decoded: SimilarityDecoded) -> torch.Tensor:
+        return decoded.low_res
 
     def forward(
         self,
