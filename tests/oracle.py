@@ -111,3 +111,17 @@ def blocky_image() -> np.ndarray:
     rng = np.random.default_rng(1)
     base = rng.integers(0, 256, size=(9, 14, 3)).astype(np.uint8)
     return np.kron(base, np.ones((21, 21, 1), dtype=np.uint8))[:187, :291]
+
+
+# Prompts inside blocky_image(): every prompt kind the predictor takes.
+PROMPTS = {
+    "one point": dict(point_coords=np.array([[120.0, 80.0]]), point_labels=np.array([1])),
+    "points with negatives": dict(
+        point_coords=np.array([[120.0, 80.0], [30.0, 150.0], [250.0, 20.0]]), point_labels=np.array([1, 0, 0])
+    ),
+    "box": dict(box=np.array([40.0, 30.0, 200.0, 160.0])),
+    "points and box": dict(
+        point_coords=np.array([[120.0, 80.0], [60.0, 50.0]]), point_labels=np.array([1, 0]),
+        box=np.array([40.0, 30.0, 200.0, 160.0]),
+    ),
+}

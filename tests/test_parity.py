@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import segany
-from oracle import PARITY_CONFIG, blocky_image, build_model_pair, official
+from oracle import PARITY_CONFIG, PROMPTS, blocky_image, build_model_pair, official
 
 from segment_anything import SamPredictor as OfficialPredictor  # noqa: E402
 
@@ -38,20 +38,6 @@ def test_image_embedding_matches(predictors):
     assert actual.shape == expected.shape
     assert (actual - expected).abs().max().item() <= 1e-4
     assert ours.original_size == reference.original_size and ours.input_size == reference.input_size
-
-
-PROMPTS = {
-    "one point": dict(point_coords=np.array([[120.0, 80.0]]), point_labels=np.array([1])),
-    "points with negatives": dict(
-        point_coords=np.array([[120.0, 80.0], [30.0, 150.0], [250.0, 20.0]]), point_labels=np.array([1, 0, 0])
-    ),
-    "box": dict(box=np.array([40.0, 30.0, 200.0, 160.0])),
-    "points and box": dict(
-        point_coords=np.array([[120.0, 80.0], [60.0, 50.0]]),
-        point_labels=np.array([1, 0]),
-        box=np.array([40.0, 30.0, 200.0, 160.0]),
-    ),
-}
 
 
 @pytest.mark.parametrize("prompt", list(PROMPTS))

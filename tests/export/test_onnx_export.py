@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import segany
-from oracle import blocky_image, build_model_pair, official  # noqa: F401  (skips without the official package)
+from oracle import PROMPTS, blocky_image, build_model_pair, official  # noqa: F401  (skips without the official package)
 from segany.build import CONFIGS, save_sam
 from segany.cli import main as cli_main
 from segany.export import OnnxPredictor, interface
@@ -53,19 +53,6 @@ def predictors(models, exported, image):
     ours.set_image(image)
     runtime.set_image(image)
     return ours, runtime
-
-
-PROMPTS = {
-    "one point": dict(point_coords=np.array([[120.0, 80.0]]), point_labels=np.array([1])),
-    "points with negatives": dict(
-        point_coords=np.array([[120.0, 80.0], [30.0, 150.0], [250.0, 20.0]]), point_labels=np.array([1, 0, 0])
-    ),
-    "box": dict(box=np.array([40.0, 30.0, 200.0, 160.0])),
-    "points and box": dict(
-        point_coords=np.array([[120.0, 80.0], [60.0, 50.0]]), point_labels=np.array([1, 0]),
-        box=np.array([40.0, 30.0, 200.0, 160.0]),
-    ),
-}
 
 
 def assert_close_outputs(expected, actual) -> None:
