@@ -40,6 +40,18 @@ def test_image_embedding_matches(predictors):
     assert ours.original_size == reference.original_size and ours.input_size == reference.input_size
 
 
+def test_image_embedding_matches_when_attention_bias_is_built_in_bands(models, image, monkeypatch):
+    """At full size the bias is built a head and a band of query rows at a time; force that here."""
+    from segany.modeling import image_encoder
+
+    monkeypatch.setattr(image_encoder, "MASK_CHUNK_BYTES", 1)
+    reference_model, our_model = models
+    reference, ours = OfficialPredictor(reference_model), segany.SamPredictor(our_model)
+    reference.set_image(image)
+    ours.set_image(image)
+    assert (ours.get_image_embedding() - reference.get_image_embedding()).abs().max().item() <= 1e-4
+
+
 @pytest.mark.parametrize("prompt", list(PROMPTS))
 @pytest.mark.parametrize("multimask_output", [True, False])
 @pytest.mark.parametrize("return_logits", [False, True])

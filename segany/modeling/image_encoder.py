@@ -2,7 +2,8 @@
 
 It runs once per image and is where almost all of SAM's compute goes, so attention goes
 through ``scaled_dot_product_attention`` with the decomposed relative-position bias as an
-additive mask, instead of materialising and re-writing the full attention matrix.
+additive mask, built a band of query rows at a time, instead of materialising and re-writing
+the full attention matrix.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from segany.modeling.blocks import DropPath, FeedForward, LayerNorm2d
+
+# The relative-position bias is queries x keys per head (805 MB for vit_b's global blocks); it is
+# built and consumed one head and a band of query rows at a time, so that each piece stays in
+# the core's L2 cache instead of going through memory twice.
+MASK_CHUNK_BYTES = 2 * 2**20
 
 
 def relative_position_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
@@ -53,34 +59,71 @@ class RelPosAttention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid_size - 1, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, dim = x.shape
-        heads = self.num_heads
-        qkv = self.qkv(x).view(batch, height * width, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each B x heads x N x head_dim
-        bias = self._relative_position_bias(q, height, width)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(batch, height, width, dim)
-        return self.proj(out)
+        return self.proj(self.attend(self.qkv(x)))
 
-    def _relative_position_bias(self, q: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Additive attention bias q·R_h + q·R_w, shaped B x heads x N x N for SDPA."""
-        batch, heads, tokens, head_dim = q.shape
-        grid_q = q.reshape(batch * heads, height, width, head_dim)
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention over projected BxHxWx3C tokens, before the output projection.
+
+        Split from :meth:`forward` so that windowed blocks can project only the real tokens and
+        attend over padded tiles.
+        """
+        batch, height, width, channels = qkv.shape
+        dim = channels // 3
+        heads = self.num_heads
+        qkv = qkv.reshape(batch, height * width, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each B x heads x N x head_dim
+        rel_h, rel_w = self._relative_position_terms(q, height, width)
+        tokens = height * width
+        rows = max(1, MASK_CHUNK_BYTES // (q.element_size() * batch * width * tokens))
+        out = q.new_empty(batch, tokens, heads, dim // heads)
+        for head in range(heads):
+            one = slice(head, head + 1)
+            for top in range(0, height, rows):
+                bottom = min(height, top + rows)
+                band = slice(top * width, bottom * width)
+                bias = rel_h[:, one, top:bottom, :, :, None] + rel_w[:, one, top:bottom, :, None, :]
+                attended = F.scaled_dot_product_attention(
+                    q[:, one, band],
+                    k[:, one],
+                    v[:, one],
+                    attn_mask=bias.reshape(batch, 1, (bottom - top) * width, tokens),
+                )
+                out[:, band, head] = attended[:, 0]
+        return out.view(batch, height, width, dim)
+
+    def _relative_position_terms(
+        self, q: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two halves of the decomposed bias, q·R_h and q·R_w, each B x heads x H x W x side.
+
+        The full bias for query (h, w) and key (h', w') is rel_h[..., h, w, h'] + rel_w[..., h, w, w'].
+        """
+        batch, heads, _, head_dim = q.shape
+        grid_q = q.reshape(batch, heads, height, width, head_dim)
         table_h = relative_position_table(self.rel_pos_h, height).to(q.dtype)
         table_w = relative_position_table(self.rel_pos_w, width).to(q.dtype)
-        bias_h = torch.einsum("nhwc,hkc->nhwk", grid_q, table_h)
-        bias_w = torch.einsum("nhwc,wkc->nhwk", grid_q, table_w)
-        bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
-        return bias.reshape(batch, heads, tokens, tokens)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)
+        return rel_h, rel_w
 
 
-def partition_windows(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad a BxHxWxC grid to multiples of ``window`` and cut it into window x window tiles."""
+def partition_windows(
+    x: torch.Tensor, window: int, fill: torch.Tensor | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad a BxHxWxC grid to multiples of ``window`` and cut it into window x window tiles.
+
+    Padding tokens are zeros, or the per-channel vector ``fill``.
+    """
     batch, height, width, channels = x.shape
     pad_h = (window - height % window) % window
     pad_w = (window - width % window) % window
     if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        if fill is None:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        else:
+            grid = fill.expand(batch, height + pad_h, width + pad_w, channels).clone()
+            grid[:, :height, :width] = x
+            x = grid
     padded_h, padded_w = height + pad_h, width + pad_w
     x = x.view(batch, padded_h // window, window, padded_w // window, window, channels)
     tiles = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, channels)
@@ -118,15 +161,19 @@ class EncoderBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attended = self.norm1(x)
-        if self.window_size > 0:
-            size = attended.shape[1:3]
-            tiles, padded = partition_windows(attended, self.window_size)
-            attended = merge_windows(self.attn(tiles), self.window_size, padded, size)
-        else:
-            attended = self.attn(attended)
-        x = x + self.drop_path(attended)
+        x = x + self.drop_path(self._attend(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        if self.window_size == 0:
+            return self.attn(x)
+        # The reference pads the normalised tokens with zeros before projecting them: project
+        # the real tokens only, and pad with what a zero token projects to (the qkv bias).
+        qkv = self.attn.qkv(x)
+        fill = self.attn.qkv(x.new_zeros(1, x.shape[-1]))[0]
+        tiles, padded = partition_windows(qkv, self.window_size, fill)
+        attended = merge_windows(self.attn.attend(tiles), self.window_size, padded, x.shape[1:3])
+        return self.attn.proj(attended)
 
 
 class ImageEncoderViT(nn.Module):
