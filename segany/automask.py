@@ -350,7 +350,8 @@ class SamAutomaticMaskGenerator:
         self, coords: torch.Tensor, image_pe: torch.Tensor, image_side: Any
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decode single foreground points (N x 2): predicted IoUs (N x 3), and low-res logits
-        (K x 3 x h x w) for the K prompts (indices, K) with a mask above ``pred_iou_thresh``.
+        (K x 3 x h x w, cut to the :meth:`Sam.low_res_extent` of the crop) for the K prompts
+        (indices, K) with a mask above ``pred_iou_thresh``.
 
         Confidence needs only the transformer: the other prompts' masks are never upscaled,
         which is half the decoder's work.
@@ -358,6 +359,7 @@ class SamAutomaticMaskGenerator:
         model = self.predictor.model
         decoder = model.mask_decoder
         step = DECODE_BATCH_CPU if coords.device.type == "cpu" else len(coords)
+        extent = model.low_res_extent(self.predictor.input_size)
         ious, upscaled, low_res = [], [], []
         for start in range(0, len(coords), step):
             points = coords[start : start + step, None, :]
@@ -371,9 +373,8 @@ class SamAutomaticMaskGenerator:
             ious.append(iou)
             upscaled.append(start + wanted)
             if len(wanted):
-                low_res.append(decoder.upscale_masks(decoded.select(wanted)))
-        grid_h, grid_w = model.prompt_encoder.mask_input_size
-        empty = torch.zeros(0, ious[0].shape[1], grid_h, grid_w, device=coords.device)
+                low_res.append(decoder.upscale_masks(decoded.select(wanted), extent))
+        empty = torch.zeros(0, ious[0].shape[1], *extent, device=coords.device)
         return torch.cat(ious), torch.cat(upscaled), torch.cat(low_res) if low_res else empty
 
     def _filter_by_pixels(

@@ -92,6 +92,24 @@ def test_batched_boxes_through_predict_torch(predictors):
     assert (expected[2] - actual[2]).abs().max().item() <= 1e-4
 
 
+def test_upscaling_only_the_extent_gives_the_same_masks(predictors):
+    """The automatic generator upscales only the tokens that reach the (non-square) image."""
+    _, ours = predictors
+    model = ours.model
+    decoder = model.mask_decoder
+    coords = torch.tensor([[[40.0, 30.0]], [[200.0, 120.0]]])
+    sparse, dense = model.prompt_encoder(points=(coords, torch.ones(2, 1, dtype=torch.int)), boxes=None, masks=None)
+    with torch.inference_mode():
+        decoded = decoder.decode(ours.features, model.prompt_encoder.get_dense_pe(), sparse, dense)
+        full = decoder.upscale_masks(decoded)
+        extent = model.low_res_extent(ours.input_size)
+        cut = decoder.upscale_masks(decoded, extent)
+        assert extent[0] < full.shape[-2] and cut.shape[-2] < full.shape[-2]  # the image is not square
+        expected = model.postprocess_masks(full, ours.input_size, ours.original_size)
+        actual = model.postprocess_masks(cut, ours.input_size, ours.original_size)
+    assert (expected - actual).abs().max().item() <= 1e-5
+
+
 def test_sam_forward_matches(models, image):
     reference_model, our_model = models
     transform = segany.transforms.ResizeLongestSide(PARITY_CONFIG.image_size)

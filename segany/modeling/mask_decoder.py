@@ -152,13 +152,24 @@ class MaskDecoder(nn.Module):
             grid=tuple(image_pe.shape[-2:]),
         )
 
-    def upscale_masks(self, decoded: DecodedPrompts) -> torch.Tensor:
-        """Low-res mask logits (B x M x 4h x 4w) of decoded prompts."""
+    def upscale_masks(self, decoded: DecodedPrompts, extent: tuple[int, int] | None = None) -> torch.Tensor:
+        """Low-res mask logits (B x M x 4h x 4w) of decoded prompts.
+
+        With ``extent`` (rows, columns of the logits a caller will use), only the image tokens
+        that reach it are upscaled: the logits come out cut to whole tokens around it.
+        """
         first, norm, first_act, second, second_act = self.output_upscaling
-        batch, pixels, _ = decoded.image_tokens.shape
+        image_tokens = decoded.image_tokens
         height, width = decoded.grid
+        if extent is not None:
+            rows, cols = min(height, -(-extent[0] // 4)), min(width, -(-extent[1] // 4))
+            if (rows, cols) != (height, width):
+                grid = image_tokens.view(len(image_tokens), height, width, -1)
+                image_tokens = grid[:, :rows, :cols].reshape(len(image_tokens), rows * cols, -1)
+                height, width = rows, cols
+        batch, pixels, _ = image_tokens.shape
         # Rows: input pixel (y, x), then output offset (i, j) within its 2x2 block, then channels.
-        x = F.linear(decoded.image_tokens, self._as_matrix(first), first.bias.repeat(4))
+        x = F.linear(image_tokens, self._as_matrix(first), first.bias.repeat(4))
         x = x.view(batch, pixels * 4, first.out_channels)
         x = first_act(F.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
         x = F.linear(x, self._as_matrix(second), second.bias.repeat(4))

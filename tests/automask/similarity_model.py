@@ -71,7 +71,7 @@ class SimilarityDecoder(nn.Module):
             *self(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, True, image_side)
         )
 
-    def upscale_masks(self, decoded: SimilarityDecoded) -> torch.Tensor:
+    def upscale_masks(self, decoded: SimilarityDecoded, extent=None) -> torch.Tensor:
         return decoded.low_res
 
     def forward(

@@ -132,14 +132,15 @@ def test_same_records_as_official_on_random_weights(random_models, image, case):
 
 
 def test_identical_to_official_generator_on_segany_model(random_models, image):
-    """With one model on both sides, decoding through segany's shared image side changes no bit."""
+    """With one model on both sides, segany's decoding (shared image side, upscaling only the
+    tokens that reach the image) changes the records by float rounding at most."""
     _, our_model = random_models
     settings = dict(
         pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_side=8, box_nms_thresh=1.0, points_per_batch=40
     )
     expected, actual = generate_both(our_model, our_model, image, **settings)
     assert len(expected) == 3 * 64
-    assert_same_records(expected, actual)
+    assert_same_records(expected, actual, max_flipped_pixels=5)
 
 
 def test_output_modes_describe_the_same_masks(structured_model, image):
