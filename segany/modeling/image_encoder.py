@@ -2,8 +2,9 @@
 
 It runs once per image and is where almost all of SAM's compute goes, so attention goes
 through ``scaled_dot_product_attention`` with the decomposed relative-position bias as an
-additive mask, built a band of query rows at a time, instead of materialising and re-writing
-the full attention matrix.
+additive mask, built one head and a band of query rows at a time, instead of materialising and
+re-writing the full attention matrix; windowed blocks project only the real tokens, not the
+padding.
 """
 
 from __future__ import annotations
