@@ -63,6 +63,20 @@ def test_predict_matches(predictors, prompt, multimask_output, return_logits):
     assert_outputs_match(expected, actual, return_logits, reference_logits(reference, kwargs))
 
 
+@pytest.mark.parametrize("return_logits", [False, True])
+def test_predict_matches_when_the_image_needs_no_resizing_back(models, image, return_logits):
+    """An image whose long side is the encoder's input size skips the resize to the original."""
+    reference_model, our_model = models
+    side = reference_model.image_encoder.img_size
+    exact = np.kron(image, np.ones((2, 2, 1), np.uint8))[: side * 5 // 8, :side]
+    reference, ours = OfficialPredictor(reference_model), segany.SamPredictor(our_model)
+    reference.set_image(exact)
+    ours.set_image(exact)
+    assert ours.original_size == ours.input_size
+    kwargs = dict(PROMPTS["one point"], multimask_output=True, return_logits=return_logits)
+    assert_outputs_match(reference.predict(**kwargs), ours.predict(**kwargs), return_logits, reference_logits(reference, kwargs))
+
+
 def test_mask_input_from_previous_call_matches(predictors):
     reference, ours = predictors
     first = dict(PROMPTS["one point"], multimask_output=True)

@@ -71,11 +71,15 @@ class Sam(nn.Module):
         # One plane per batch entry: the upsampling kernel is about twice as fast on N x 1 x h x w
         # as on 1 x N x h x w when it runs on one thread (and the same on more).
         planes = kept.reshape(-1, 1, *kept.shape[-2:])
-        upscaled = F.interpolate(
-            planes, scale_factor=float(scale), mode="bilinear", align_corners=False, recompute_scale_factor=False
+        # Upscaling by `scale` straight to the unpadded input size: the same samples as upscaling
+        # the whole grid and cropping, without computing or copying the cropped part.
+        upscaled = torch.ops.aten.upsample_bilinear2d(
+            planes, [int(input_size[0]), int(input_size[1])], False, float(scale), float(scale)
         )
-        cropped = upscaled[..., : input_size[0], : input_size[1]]
-        resized = F.interpolate(cropped, tuple(original_size), mode="bilinear", align_corners=False)
+        if tuple(original_size) == tuple(input_size):
+            resized = upscaled  # bilinear resizing to the same size is the identity
+        else:
+            resized = F.interpolate(upscaled, tuple(original_size), mode="bilinear", align_corners=False)
         return resized.view(*masks.shape[:-2], *resized.shape[-2:])
 
     @torch.no_grad()
