@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import SAMPLE_IMAGE, peak_rss_mib, print_table, random_checkpoint, run_side, timed  # noqa: E402
+from harness import SAMPLE_IMAGE, kernel_cpu_s, peak_rss_mib, print_table, random_checkpoint, run_side, timed  # noqa: E402
 
 
 EMBEDDED_TARGETS = {"encoder_s": 1.0, "predict_s": 0.020}
@@ -48,7 +48,7 @@ def measure(side: str, checkpoint: str, model_type: str, encoder_runs: int, prom
 
     ask()  # warm-up
     predict = timed(ask, prompts)
-    return {"encoder_s": encoder, "predict_s": predict, "peak_mib": peak_rss_mib()}
+    return {"encoder_s": encoder, "predict_s": predict, "peak_mib": peak_rss_mib(), "kernel_s": kernel_cpu_s()}
 
 
 def main() -> None:
@@ -77,6 +77,7 @@ def main() -> None:
         ("encoder (set_image)", official["encoder_s"], ours["encoder_s"], "s"),
         ("predict, 1 point, multimask", official["predict_s"] * 1000, ours["predict_s"] * 1000, "ms"),
         ("peak memory (RSS)", official["peak_mib"], ours["peak_mib"], "M"),
+        ("kernel CPU time, whole side (page faults)", official["kernel_s"], ours["kernel_s"], "s"),
     ])
     if args.ours:
         for name, target in EMBEDDED_TARGETS.items():

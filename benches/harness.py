@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from segany.speed.measure import peak_rss_mib, print_table, random_checkpoint, run_json, timed
+from segany.speed.measure import kernel_cpu_s, peak_rss_mib, print_table, random_checkpoint, run_json, timed
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IMAGE = REPO / "segany" / "assets" / "truck.jpg"
 
-__all__ = ["REPO", "SAMPLE_IMAGE", "peak_rss_mib", "print_table", "random_checkpoint", "run_side", "timed"]
+__all__ = ["REPO", "SAMPLE_IMAGE", "kernel_cpu_s", "peak_rss_mib", "print_table", "random_checkpoint", "run_side", "timed"]
 
 
 def run_side(script: Path, side: str, *args: str) -> dict:

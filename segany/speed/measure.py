@@ -42,6 +42,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def kernel_cpu_s() -> float:
+    """CPU seconds this process has spent in the kernel so far.
+
+    On CPU that is mostly page faults of freshly allocated memory: on a machine where those are
+    slow, a side that allocates and frees very large tensors loses its time here.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def peak_memory_mib(device: torch.device | str) -> float:
     """Peak memory of ``device`` so far: GPU memory allocated by torch on a GPU, else peak RSS."""
     if torch.device(device).type == "cuda":
