@@ -307,8 +307,7 @@ class ModelService:
         predictor, model = self.predictor(path, key)
         _, scores, low_res = self._decode(predictor, points, labels, box, text)
         upscale = model.sam.image_encoder.img_size // low_res.shape[-1]
-        # the low-res rows/columns that reach the image (one more for the interpolation at its edge)
-        rows, cols = (min(low_res.shape[-2 + axis], -(-predictor.input_size[axis] // upscale) + 1) for axis in (0, 1))
+        rows, cols = model.sam.low_res_extent(predictor.input_size)  # the part that reaches the image
         logits = np.clip(np.rint(low_res[:, :rows, :cols] * LOGIT_SCALE), -32767, 32767).astype("<i2")
         return Proposal(logits, predictor.input_size, upscale, [float(score) for score in scores], model)
 
