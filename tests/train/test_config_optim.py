@@ -100,3 +100,11 @@ def test_schedule_warms_up_linearly_then_steps_down_tenfold():
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([0, 0.25, 0.5, 0.75, 1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_embedded_stage2_continues_stage1_on_other_data_from_its_weights():
+    stage1, stage2 = load_config(CONFIGS / "embedded.yaml"), load_config(CONFIGS / "embedded_stage2.yaml")
+    assert stage2.model.init == "runs/embedded/stage1.safetensors" and stage2.seed != stage1.seed
+    assert (stage2.data, stage2.loss, stage2.prompts) == (stage1.data, stage1.loss, stage1.prompts)
+    assert stage2.model.freeze == stage1.model.freeze and stage2.model.type == stage1.model.type
+    assert (stage2.steps, stage2.optim.decay_steps, stage2.optim.lr) == (1200, [950], stage1.optim.lr)
