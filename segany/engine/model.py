@@ -306,7 +306,7 @@ class ModelService:
         """The three candidates for a click/box/text prompt, as the decoder's low-res logits (to draw) and scores."""
         predictor, model = self.predictor(path, key)
         _, scores, low_res = self._decode(predictor, points, labels, box, text)
-        upscale = model.sam.image_encoder.img_size // low_res.shape[-1]
+        upscale = model.sam.low_res_scale
         rows, cols = model.sam.low_res_extent(predictor.input_size)  # the part that reaches the image
         logits = np.clip(np.rint(low_res[:, :rows, :cols] * LOGIT_SCALE), -32767, 32767).astype("<i2")
         return Proposal(logits, predictor.input_size, upscale, [float(score) for score in scores], model)

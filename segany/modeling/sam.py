@@ -48,13 +48,18 @@ class Sam(nn.Module):
         height, width = x.shape[-2:]
         return F.pad(x, (0, self.img_size - width, 0, self.img_size - height))
 
+    @property
+    def low_res_scale(self) -> int:
+        """Input pixels per low-res logit along each axis (4 for SAM: 1024 / 256)."""
+        return self.img_size // self.prompt_encoder.mask_input_size[-1]
+
     def low_res_extent(self, input_size: tuple[int, ...]) -> tuple[int, int]:
         """Rows and columns of the low-res logits that reach the unpadded input when upscaled.
 
         Bilinear upscaling at a fixed scale is local, so the rest only ever lands on padding.
         """
         grid_h, grid_w = self.prompt_encoder.mask_input_size
-        scale = self.img_size // grid_w
+        scale = self.low_res_scale
         return min(grid_h, -(-input_size[0] // scale) + 1), min(grid_w, -(-input_size[1] // scale) + 1)
 
     def postprocess_masks(
@@ -65,7 +70,7 @@ class Sam(nn.Module):
         Only the :meth:`low_res_extent` of ``masks`` is upscaled (identical values), which saves
         the work spent on padding for non-square images; ``masks`` may already be cut to it.
         """
-        scale = self.img_size // self.prompt_encoder.mask_input_size[-1]
+        scale = self.low_res_scale
         rows, cols = self.low_res_extent(input_size)
         kept = masks[..., :rows, :cols]
         # One plane per batch entry: the upsampling kernel is about twice as fast on N x 1 x h x w
