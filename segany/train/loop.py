@@ -202,6 +202,11 @@ class Trainer:
         self.sam.train()
         for name in self.frozen:  # frozen parts run as at inference: no drop path, fixed norm statistics
             self._frozen_module(name).eval()
+        for module in self.sam.modules():
+            # BatchNorm keeps its pretrained statistics even where its layer trains: a few images per
+            # process give noisy batch statistics, and the pretrained weights expect the stored ones.
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
         sampler = StepSampler(self.start_step, config.steps, config.batch_size, self.rank, self.world,
                               config.accumulation_steps)
         batches = iter(data_loader(self.dataset, sampler, config.data.workers))

@@ -108,3 +108,18 @@ def test_embedded_stage2_continues_stage1_on_other_data_from_its_weights():
     assert (stage2.data, stage2.loss, stage2.prompts) == (stage1.data, stage1.loss, stage1.prompts)
     assert stage2.model.freeze == stage1.model.freeze and stage2.model.type == stage1.model.type
     assert (stage2.steps, stage2.optim.decay_steps, stage2.optim.lr) == (1200, [950], stage1.optim.lr)
+
+
+def test_embedded_stage3_trains_the_top_of_the_backbone_from_stage2_at_decayed_rates():
+    stage1, stage3 = load_config(CONFIGS / "embedded.yaml"), load_config(CONFIGS / "embedded_stage3.yaml")
+    assert stage3.model.init == "runs/embedded-stage2/stage2.safetensors" and stage3.seed not in (0, 1, stage1.seed)
+    assert (stage3.data, stage3.loss, stage3.prompts) == (stage1.data, stage1.loss, stage1.prompts)
+    sam = build_sam("lite", image_size=128)
+    for name in stage3.model.freeze:
+        sam.get_submodule(name).requires_grad_(False)
+    rates = {id(p): group["lr"] for group in parameter_groups(sam, stage3.optim) for p in group["params"]}
+    blocks = sam.image_encoder._blocks
+    assert not any(id(p) in rates for block in blocks[:8] for p in block.parameters())
+    block_rates = [rates[id(block._project_conv.weight)] for block in blocks[8:]]
+    assert block_rates == sorted(block_rates) and block_rates[-1] < rates[id(sam.image_encoder.neck[0].weight)]
+    assert rates[id(sam.image_encoder.neck[0].weight)] == stage3.optim.lr

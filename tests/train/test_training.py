@@ -129,6 +129,19 @@ def test_a_frozen_part_of_the_encoder_stays_while_the_rest_trains(tmp_path):
     assert not torch.equal(start.image_encoder.neck[0].weight, trained.image_encoder.neck[0].weight)
 
 
+def test_trained_batchnorm_layers_keep_their_statistics_while_their_weights_move(tmp_path):
+    frozen = ["image_encoder._conv_stem", "image_encoder._bn0"] + [f"image_encoder._blocks.{i}" for i in range(8)]
+    config = fast_config(steps=2, model__type="lite", model__overrides={"image_size": 128}, model__freeze=frozen)
+    final = train(config, tmp_path, dataset=synthetic_samples(2))
+    torch.manual_seed(config.seed)
+    start, trained = build_sam("lite", image_size=128), build_sam("auto", checkpoint=final)
+    before, after = start.image_encoder._blocks, trained.image_encoder._blocks
+    assert torch.equal(before[3]._expand_conv.weight, after[3]._expand_conv.weight)
+    assert not torch.equal(before[12]._expand_conv.weight, after[12]._expand_conv.weight)
+    for name in ("running_mean", "running_var"):
+        assert torch.equal(getattr(before[12]._bn0, name), getattr(after[12]._bn0, name)), name
+
+
 def test_freezing_a_part_the_model_lacks_is_named(tmp_path):
     with pytest.raises(ValueError, match="image_encoder.no_such_part"):
         train(fast_config(steps=1, model__freeze=["image_encoder.no_such_part"]), tmp_path,
