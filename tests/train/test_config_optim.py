@@ -111,8 +111,10 @@ def test_embedded_stage2_continues_stage1_on_other_data_from_its_weights():
 
 
 def test_embedded_stage3_trains_the_top_of_the_backbone_from_stage2_at_decayed_rates():
-    stage1, stage3 = load_config(CONFIGS / "embedded.yaml"), load_config(CONFIGS / "embedded_stage3.yaml")
-    assert stage3.model.init == "runs/embedded-stage2/stage2.safetensors" and stage3.seed not in (0, 1, stage1.seed)
+    stage1, stage2, stage3 = (load_config(CONFIGS / f"{name}.yaml")
+                              for name in ("embedded", "embedded_stage2", "embedded_stage3"))
+    assert stage3.model.init == "runs/embedded-stage2/stage2.safetensors"
+    assert stage3.seed not in (stage1.seed, stage2.seed)
     assert (stage3.data, stage3.loss, stage3.prompts) == (stage1.data, stage1.loss, stage1.prompts)
     sam = build_sam("lite", image_size=128)
     for name in stage3.model.freeze:
