@@ -39,6 +39,8 @@ from segany.modeling import Sam
 from segany.predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+# The official generator's filter defaults, used unless the caller or the model's weights set others.
+OFFICIAL_THRESHOLDS = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "stability_score_offset": 1.0}
 
 # Upscaled float logits held at once while filtering; bounds peak memory on large images.
 UPSCALE_CHUNK_BYTES = 128 * 2**20
@@ -200,9 +202,9 @@ class SamAutomaticMaskGenerator:
         model: Sam,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+        stability_score_offset: float | None = None,
         box_nms_thresh: float = 0.7,
         crop_n_layers: int = 0,
         crop_nms_thresh: float = 0.7,
@@ -219,7 +221,9 @@ class SamAutomaticMaskGenerator:
         filtered together (on CPU the decoder takes them a few at a time, which is faster
         and gives the same logits). Masks need a predicted IoU above ``pred_iou_thresh`` and a stability score
         (IoU of the mask thresholded at ±``stability_score_offset``) of at least
-        ``stability_score_thresh``; ``box_nms_thresh`` / ``crop_nms_thresh`` remove
+        ``stability_score_thresh``; unset, these three are the official 0.88, 0.95 and 1.0, or the
+        values saved with the model's weights (``model.mask_generation_defaults``: the embedded
+        model's IoU head and logits run on another scale than SAM's); ``box_nms_thresh`` / ``crop_nms_thresh`` remove
         duplicates within / across crops. ``crop_n_layers`` adds layers of 2^i x 2^i crops
         overlapping by ``crop_overlap_ratio``, with ``crop_n_points_downscale_factor``^i
         fewer points a side. ``min_mask_region_area`` > 0 fills holes and drops islands
@@ -255,9 +259,13 @@ class SamAutomaticMaskGenerator:
                 )
         self.predictor = SamPredictor(model)
         self.points_per_batch = int(points_per_batch)
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
-        self.stability_score_offset = stability_score_offset
+        given = {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
+                 "stability_score_offset": stability_score_offset}
+        thresholds = {**OFFICIAL_THRESHOLDS, **model.mask_generation_defaults,
+                      **{name: value for name, value in given.items() if value is not None}}
+        self.pred_iou_thresh = thresholds["pred_iou_thresh"]
+        self.stability_score_thresh = thresholds["stability_score_thresh"]
+        self.stability_score_offset = thresholds["stability_score_offset"]
         self.box_nms_thresh = box_nms_thresh
         self.crop_n_layers = int(crop_n_layers)
         self.crop_nms_thresh = crop_nms_thresh

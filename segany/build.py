@@ -20,6 +20,8 @@ from segany.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, Tw
 from segany.modeling.efficientnet_encoder import EfficientNetLiteEncoder
 
 CONFIG_METADATA_KEY = "segany_config"
+GENERATION_METADATA_KEY = "segany_mask_generation"  # the weights' own automatic-generator thresholds
+GENERATION_SETTINGS = ("pred_iou_thresh", "stability_score_thresh", "stability_score_offset")
 TEXT_PROJECTION = "prompt_encoder.text_projection."  # the parameters only text-promptable models have
 
 
@@ -143,6 +145,34 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], S
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
     return loaded, None
+
+
+def read_generation_defaults(path: str | os.PathLike) -> dict[str, float]:
+    """The automatic-generator thresholds stored with segany weights ({} for .pth files and when none are)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as reader:
+        stored = (reader.metadata() or {}).get(GENERATION_METADATA_KEY)
+    if not stored:
+        return {}
+    try:
+        values = json.loads(stored)
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: its mask generation defaults are not JSON ({stored[:80]!r})") from None
+    return check_generation_defaults(values, path)
+
+
+def check_generation_defaults(values: Any, source: Any) -> dict[str, float]:
+    """``values`` as generator thresholds (names from GENERATION_SETTINGS, numbers), or a ValueError naming ``source``."""
+    if not isinstance(values, dict) or not all(
+        name in GENERATION_SETTINGS and isinstance(value, (int, float)) for name, value in values.items()
+    ):
+        raise ValueError(f"{source}: mask generation defaults must map {', '.join(GENERATION_SETTINGS)} "
+                         f"to numbers, got {values!r}")
+    return {name: float(value) for name, value in values.items()}
 
 
 def infer_config(state_dict: dict[str, torch.Tensor]) -> SamConfig:
@@ -277,13 +307,14 @@ def build_sam(
     model = build_model(config)
     if checkpoint is not None:
         load_weights(model, checkpoint, name, fresh)
+        model.mask_generation_defaults = read_generation_defaults(checkpoint)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model
 
 
 def save_sam(model: Sam, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-    """Save a Sam as safetensors with its configuration in the header (atomic write)."""
+    """Save a Sam as safetensors with its configuration (and generator thresholds, if any) in the header (atomic write)."""
     from safetensors.torch import save
 
     from segany.io import atomic_write
@@ -292,7 +323,11 @@ def save_sam(model: Sam, path: str | os.PathLike, dtype: torch.dtype | None = No
         key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
         for key, value in model.state_dict().items()
     }
-    payload = save(tensors, metadata={CONFIG_METADATA_KEY: model.config.to_json()})
+    metadata = {CONFIG_METADATA_KEY: model.config.to_json()}
+    generation = check_generation_defaults(model.mask_generation_defaults, "model.mask_generation_defaults")
+    if generation:
+        metadata[GENERATION_METADATA_KEY] = json.dumps(generation, sort_keys=True)
+    payload = save(tensors, metadata=metadata)
     with atomic_write(path) as stream:
         stream.write(payload)
     return Path(path)

@@ -47,6 +47,28 @@ def test_safetensors_round_trip_keeps_config(tmp_path):
     assert not list(tmp_path.glob("*.part")), "atomic write left a temporary file"
 
 
+def test_generator_thresholds_travel_with_safetensors_weights(tmp_path):
+    model = segany.build_sam("tiny")
+    assert model.mask_generation_defaults == {}
+    model.mask_generation_defaults = {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
+    loaded = segany.build_sam("auto", save_sam(model, tmp_path / "model.safetensors"))
+    assert loaded.mask_generation_defaults == {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
+    plain = segany.build_sam("auto", save_sam(segany.build_sam("tiny"), tmp_path / "plain.safetensors"))
+    assert plain.mask_generation_defaults == {}
+
+
+@pytest.mark.parametrize("stored", ['{"pred_iou": 0.5}', '{"pred_iou_thresh": "high"}', "[0.5]", "not json"])
+def test_bad_saved_generator_thresholds_name_the_file(tmp_path, stored):
+    from safetensors.torch import save_file
+
+    model = segany.build_sam("tiny")
+    path = tmp_path / "odd.safetensors"
+    save_file(model.state_dict(), path, metadata={"segany_config": model.config.to_json(),
+                                                  "segany_mask_generation": stored})
+    with pytest.raises(ValueError, match="odd.safetensors.*mask generation defaults"):
+        segany.build_sam("auto", path)
+
+
 @pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h", "tiny"])
 def test_config_inferred_from_shapes(name):
     with torch.device("meta"):

@@ -42,3 +42,18 @@ def test_predict_without_checkpoint_says_it_uses_the_embedded_model(tmp_path, ca
     assert "embedded default model" in capsys.readouterr().err
     scores = json.loads(out.with_suffix(".json").read_text())
     assert out.exists() and scores
+
+
+def test_automatic_masks_of_the_embedded_model_use_its_own_filters_and_find_the_dog(tmp_path, capsys):
+    model = segany.build_sam("default")
+    own = model.mask_generation_defaults
+    assert set(own) == {"pred_iou_thresh", "stability_score_thresh"}
+    assert own["pred_iou_thresh"] < 0.88, "the official filter keeps none of this model's masks"
+    records = segany.SamAutomaticMaskGenerator(model, points_per_side=16).generate(segany.read_image(SAMPLE))
+    assert records and all(r["predicted_iou"] > own["pred_iou_thresh"] for r in records)
+    x, y = (int(v) for v in SAMPLE_POINT)
+    on_dog = [r for r in records if r["segmentation"][y, x]]
+    assert any(0.01 < r["segmentation"].mean() < 0.9 for r in on_dog), "no kept mask is the clicked dog"
+
+    assert main(["auto", str(SAMPLE), "--out", str(tmp_path / "out"), "--points-per-side", "8"]) == 0
+    assert f"pred_iou_thresh {own['pred_iou_thresh']}" in capsys.readouterr().err

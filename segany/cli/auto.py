@@ -28,9 +28,9 @@ HELP = "generate every mask of images/folders (SA-1B JSON per image or one COCO 
 GENERATOR_OPTIONS = {
     "points_per_side": (int, "points per side of the prompt grid (default 32)"),
     "points_per_batch": (int, "points prompted and filtered together (default 64)"),
-    "pred_iou_thresh": (float, "keep masks whose predicted IoU exceeds this (default 0.88)"),
-    "stability_score_thresh": (float, "keep masks at least this stable (default 0.95)"),
-    "stability_score_offset": (float, "logit offset used to measure stability (default 1.0)"),
+    "pred_iou_thresh": (float, "keep masks whose predicted IoU exceeds this (default 0.88, or the value saved with the weights)"),
+    "stability_score_thresh": (float, "keep masks at least this stable (default 0.95, or the value saved with the weights)"),
+    "stability_score_offset": (float, "logit offset used to measure stability (default 1.0, or the value saved with the weights)"),
     "box_nms_thresh": (float, "box IoU above which duplicates are removed within a crop (default 0.7)"),
     "crop_n_layers": (int, "layers of zoomed-in crops, 2^i x 2^i in layer i (default 0)"),
     "crop_nms_thresh": (float, "box IoU above which duplicates are removed across crops (default 0.7)"),
@@ -173,7 +173,12 @@ def annotate(
         return outcome
     args.device = distributed.worker_device(args.device)
     torch.manual_seed(0)  # a model without a checkpoint ("tiny") is then the same on every worker
-    generator = SamAutomaticMaskGenerator(load_model_from_args(args), output_mode="coco_rle", **settings)
+    model = load_model_from_args(args)
+    generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **settings)
+    own = sorted(set(model.mask_generation_defaults) - set(settings))
+    if own and distributed.is_main_process():
+        shown = ", ".join(f"{name} {getattr(generator, name)}" for name in own)
+        print(f"segany auto: the weights' own filters: {shown}", file=sys.stderr)
     if new_run is not None:
         record_settings(args.out, new_run)  # only now: the settings proved valid
     if len(todo) < len(mine) and distributed.is_main_process():

@@ -72,8 +72,10 @@ def add_edges_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_proposals_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points-per-side", type=int, default=32, help="generator grid side (default 32)")
-    parser.add_argument("--pred-iou-thresh", type=float, default=0.88, help="generator confidence filter (default 0.88)")
-    parser.add_argument("--stability-score-thresh", type=float, default=0.95, help="generator stability filter (default 0.95)")
+    parser.add_argument("--pred-iou-thresh", type=float,
+                        help="generator confidence filter (default 0.88, or the value saved with the weights)")
+    parser.add_argument("--stability-score-thresh", type=float,
+                        help="generator stability filter (default 0.95, or the value saved with the weights)")
     parser.add_argument("--box-nms-thresh", type=float, default=0.7, help="generator duplicate removal (default 0.7)")
     parser.add_argument("--crop-n-layers", type=int, default=0, help="generator crop layers (default 0)")
 

@@ -4,6 +4,9 @@ from segany.modeling.image_encoder import ImageEncoderViT
 from segany.modeling.mask_decoder import MaskDecoder
 from segany.modeling.prompt_encoder import PromptEncoder
 from segany.modeling.sam import Sam
+from segany.modeling.subnormals import flush_subnormals
 from segany.modeling.transformer import TwoWayTransformer
+
+flush_subnormals()  # on import, before any parallel operation, so that PyTorch's worker threads inherit it
 
 __all__ = ["ImageEncoderViT", "MaskDecoder", "PromptEncoder", "Sam", "TwoWayTransformer"]

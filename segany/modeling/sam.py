@@ -33,6 +33,10 @@ class Sam(nn.Module):
         self.mask_decoder = mask_decoder
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        # The automatic generator's thresholds that suit these weights' IoU head and logit scale
+        # (e.g. {"pred_iou_thresh": 0.5}), saved with them; empty for official weights, which
+        # keep the official defaults.
+        self.mask_generation_defaults: dict[str, float] = {}
 
     @property
     def device(self) -> torch.device:

@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 
-from segany.automask import SamAutomaticMaskGenerator
+from segany.automask import OFFICIAL_THRESHOLDS, SamAutomaticMaskGenerator
 from similarity_model import similarity_sam
 
 official = pytest.importorskip("segment_anything", reason="the official package is the oracle")
@@ -18,11 +18,27 @@ def model():
     return similarity_sam(seed=0)
 
 
-def test_signature_and_defaults_match_official():
+def test_signature_and_defaults_match_official(model):
     ours = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
     theirs = inspect.signature(official.SamAutomaticMaskGenerator.__init__).parameters
     assert list(ours) == list(theirs)
-    assert {name: p.default for name, p in ours.items()} == {name: p.default for name, p in theirs.items()}
+    unset = {name for name, p in ours.items() if p.default is None and theirs[name].default is not None}
+    assert unset == set(OFFICIAL_THRESHOLDS), "only the three filters may default to the weights' own values"
+    assert {name: p.default for name, p in ours.items() if name not in unset} == {
+        name: p.default for name, p in theirs.items() if name not in unset
+    }
+    # Weights without saved thresholds (all official ones) get the official values.
+    generator = SamAutomaticMaskGenerator(model)
+    assert {name: getattr(generator, name) for name in unset} == {name: theirs[name].default for name in unset}
+
+
+def test_thresholds_saved_with_the_weights_apply_unless_given(model, monkeypatch):
+    monkeypatch.setattr(model, "mask_generation_defaults", {"pred_iou_thresh": 0.4, "stability_score_offset": 2.0})
+    generator = SamAutomaticMaskGenerator(model)
+    assert (generator.pred_iou_thresh, generator.stability_score_thresh, generator.stability_score_offset) == (
+        0.4, OFFICIAL_THRESHOLDS["stability_score_thresh"], 2.0)
+    given = SamAutomaticMaskGenerator(model, pred_iou_thresh=0.7, stability_score_offset=0.5)
+    assert (given.pred_iou_thresh, given.stability_score_offset) == (0.7, 0.5)
 
 
 @pytest.mark.parametrize(

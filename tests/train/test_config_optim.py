@@ -125,3 +125,13 @@ def test_embedded_stage3_trains_the_top_of_the_backbone_from_stage2_at_decayed_r
     block_rates = [rates[id(block._project_conv.weight)] for block in blocks[8:]]
     assert block_rates == sorted(block_rates) and block_rates[-1] < rates[id(sam.image_encoder.neck[0].weight)]
     assert rates[id(sam.image_encoder.neck[0].weight)] == stage3.optim.lr
+
+
+def test_embedded_stage4_continues_stage3_on_other_data_with_its_trainable_layers():
+    stage3, stage4 = load_config(CONFIGS / "embedded_stage3.yaml"), load_config(CONFIGS / "embedded_stage4.yaml")
+    earlier_seeds = {load_config(CONFIGS / f"{name}.yaml").seed for name in ("embedded", "embedded_stage2")}
+    assert stage4.model.init == "runs/embedded-stage3/stage3.safetensors"
+    assert stage4.seed not in earlier_seeds | {stage3.seed}
+    assert (stage4.data, stage4.loss, stage4.prompts) == (stage3.data, stage3.loss, stage3.prompts)
+    assert stage4.model.freeze == stage3.model.freeze and stage4.optim.layer_decay == stage3.optim.layer_decay
+    assert stage4.optim.decay_steps[0] < stage4.steps and stage4.optim.warmup_steps == stage3.optim.warmup_steps
