@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segany.build import OFFICIAL_THRESHOLDS
 from segany.io import check_image_array
 from segany.masks import (
     box_nms,
@@ -39,8 +40,6 @@ from segany.modeling import Sam
 from segany.predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-# The official generator's filter defaults, used unless the caller or the model's weights set others.
-OFFICIAL_THRESHOLDS = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "stability_score_offset": 1.0}
 
 # Upscaled float logits held at once while filtering; bounds peak memory on large images.
 UPSCALE_CHUNK_BYTES = 128 * 2**20

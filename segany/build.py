@@ -21,7 +21,8 @@ from segany.modeling.efficientnet_encoder import EfficientNetLiteEncoder
 
 CONFIG_METADATA_KEY = "segany_config"
 GENERATION_METADATA_KEY = "segany_mask_generation"  # the weights' own automatic-generator thresholds
-GENERATION_SETTINGS = ("pred_iou_thresh", "stability_score_thresh", "stability_score_offset")
+# The official automatic generator's filter values; weights may save their own for these names.
+OFFICIAL_THRESHOLDS = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "stability_score_offset": 1.0}
 TEXT_PROJECTION = "prompt_encoder.text_projection."  # the parameters only text-promptable models have
 
 
@@ -166,11 +167,11 @@ def read_generation_defaults(path: str | os.PathLike) -> dict[str, float]:
 
 
 def check_generation_defaults(values: Any, source: Any) -> dict[str, float]:
-    """``values`` as generator thresholds (names from GENERATION_SETTINGS, numbers), or a ValueError naming ``source``."""
+    """``values`` as generator thresholds (names from OFFICIAL_THRESHOLDS, numbers), or a ValueError naming ``source``."""
     if not isinstance(values, dict) or not all(
-        name in GENERATION_SETTINGS and isinstance(value, (int, float)) for name, value in values.items()
+        name in OFFICIAL_THRESHOLDS and isinstance(value, (int, float)) for name, value in values.items()
     ):
-        raise ValueError(f"{source}: mask generation defaults must map {', '.join(GENERATION_SETTINGS)} "
+        raise ValueError(f"{source}: mask generation defaults must map {', '.join(OFFICIAL_THRESHOLDS)} "
                          f"to numbers, got {values!r}")
     return {name: float(value) for name, value in values.items()}
 

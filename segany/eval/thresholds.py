@@ -26,7 +26,7 @@ import torch
 from pycocotools import mask as coco_mask
 from tqdm import tqdm
 
-from segany.masks import box_nms
+from segany.masks import box_nms, encode_rles
 
 FOUND_IOU = 0.5
 IOU_GRID = tuple(np.round(np.arange(0.0, 0.95, 0.05), 2))
@@ -91,9 +91,8 @@ def collect(generator, samples: Sequence) -> list[ImageCandidates]:
     for sample in tqdm(samples, desc="generating", unit="image"):
         image = sample.read_image()
         records = generator.generate(image)
-        truths = coco_mask.encode(np.asfortranarray(np.stack(sample.masks, axis=-1).astype(np.uint8)))
-        rles = [{"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode("ascii")}
-                for r in records]
+        truths = encode_rles(np.stack(sample.masks))
+        rles = [record["segmentation"] for record in records]
         object_iou = (np.asarray(coco_mask.iou(rles, truths, [0] * len(truths))).reshape(len(rles), len(truths))
                       if rles else np.zeros((0, len(truths))))
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in records)], dtype=np.float32)
@@ -108,6 +107,7 @@ def collect(generator, samples: Sequence) -> list[ImageCandidates]:
 
 def main(argv: list[str] | None = None) -> None:
     from segany import SamAutomaticMaskGenerator, build_sam, save_sam
+    from segany.build import OFFICIAL_THRESHOLDS
     from segany.datasets import open_dataset
 
     parser = argparse.ArgumentParser(prog="python -m segany.eval.thresholds", description=__doc__.split("\n\n")[0])
@@ -125,11 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     generator = SamAutomaticMaskGenerator(model, pred_iou_thresh=-np.inf, stability_score_thresh=-np.inf,
                                           box_nms_thresh=1.0, output_mode="coco_rle")
     images = collect(generator, samples)
-    best, tried = choose_thresholds(images, args.kept_recall)
-    official = replay(images, 0.88, 0.95)
-    print(f"unfiltered: recall {replay(images, -np.inf, -np.inf).recall:.3f}, "
-          f"{replay(images, -np.inf, -np.inf).masks_per_image:.1f} masks/image")
-    print(f"official 0.88 / 0.95: recall {official.recall:.3f}, {official.masks_per_image:.1f} masks/image")
+    best, _ = choose_thresholds(images, args.kept_recall)
+    unfiltered = replay(images, -np.inf, -np.inf)
+    official = replay(images, OFFICIAL_THRESHOLDS["pred_iou_thresh"], OFFICIAL_THRESHOLDS["stability_score_thresh"])
+    print(f"unfiltered: recall {unfiltered.recall:.3f}, {unfiltered.masks_per_image:.1f} masks/image")
+    print(f"official {official.pred_iou_thresh} / {official.stability_score_thresh}: recall {official.recall:.3f}, "
+          f"{official.masks_per_image:.1f} masks/image")
     print(f"chosen {best.pred_iou_thresh} / {best.stability_score_thresh}: recall {best.recall:.3f}, "
           f"{best.masks_per_image:.1f} masks/image")
     if args.write:

@@ -7,7 +7,8 @@ import inspect
 import numpy as np
 import pytest
 
-from segany.automask import OFFICIAL_THRESHOLDS, SamAutomaticMaskGenerator
+from segany.automask import SamAutomaticMaskGenerator
+from segany.build import OFFICIAL_THRESHOLDS
 from similarity_model import similarity_sam
 
 official = pytest.importorskip("segment_anything", reason="the official package is the oracle")
