@@ -117,7 +117,12 @@ class GrabCutSegmenter:
         return self._run(seeds, cv2.GC_INIT_WITH_MASK, None, fallback)
 
     def _run(self, seeds: np.ndarray, mode: int, rect, fallback: np.ndarray) -> np.ndarray:
-        """GrabCut, or the seeds themselves where it cannot run (no background or no foreground to model)."""
+        """GrabCut, or the seeds themselves where it cannot run (no background or no foreground to model).
+
+        Its colour models start from a random k-means: OpenCV's generator is seeded first, so
+        that the same clicks give the same mask and an evaluation repeats exactly.
+        """
+        cv2.setRNGSeed(0)
         try:
             cv2.grabCut(self.image, seeds, rect, np.zeros((1, 65)), np.zeros((1, 65)), self.iterations, mode)
         except cv2.error:

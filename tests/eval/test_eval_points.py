@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from eval_doubles import DATA, EmptySegmenter, PerfectSegmenter, shapes_image
@@ -100,6 +101,20 @@ def test_grabcut_baseline_segments_flat_shapes(tmp_path):
     record = points.evaluate_image(GrabCutSegmenter(), TwoObjects(), image, clicks=2)
     for obj in record["objects"]:
         assert obj["box"] > 0.8 and max(obj["clicks"]) > 0.8
+
+
+def test_grabcut_baseline_repeats_exactly_whatever_opencv_drew_before():
+    sample = open_dataset(DATA / "GrabCut")[0]
+    segmenter = GrabCutSegmenter()
+    segmenter.set_image(sample.read_image())
+    scored = sample.masks[0] if sample.ignore is None else sample.masks[0] & ~sample.ignore
+    point = np.argwhere(scored)[len(np.argwhere(scored)) // 2][::-1][None].astype(float)
+    answers = []
+    for draws in (0, 7, 1000):
+        cv2.randu(np.empty(draws + 1, np.float32), 0, 1)  # moves OpenCV's random generator along
+        answers.append(segmenter.predict(point, np.array([1])).masks[0])
+        answers.append(segmenter.predict(box=points.tight_box(scored)).masks[0])
+    assert all(np.array_equal(answer, answers[index % 2]) for index, answer in enumerate(answers))
 
 
 class OfficialSegmenter:
