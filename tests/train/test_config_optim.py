@@ -135,3 +135,25 @@ def test_embedded_stage4_continues_stage3_on_other_data_with_its_trainable_layer
     assert (stage4.data, stage4.loss, stage4.prompts) == (stage3.data, stage3.loss, stage3.prompts)
     assert stage4.model.freeze == stage3.model.freeze and stage4.optim.layer_decay == stage3.optim.layer_decay
     assert stage4.optim.decay_steps[0] < stage4.steps and stage4.optim.warmup_steps == stage3.optim.warmup_steps
+
+
+def test_embedded_stage5_continues_stage3_at_a_fifth_of_its_rate_on_other_data():
+    stage3, stage5 = load_config(CONFIGS / "embedded_stage3.yaml"), load_config(CONFIGS / "embedded_stage5.yaml")
+    earlier_seeds = {load_config(CONFIGS / f"{name}.yaml").seed
+                     for name in ("embedded", "embedded_stage2", "embedded_stage3", "embedded_stage4")}
+    assert stage5.model.init == "runs/embedded-stage3/stage3.safetensors"
+    assert stage5.seed not in earlier_seeds
+    assert (stage5.data, stage5.loss, stage5.prompts) == (stage3.data, stage3.loss, stage3.prompts)
+    assert stage5.model.freeze == stage3.model.freeze and stage5.optim.layer_decay == stage3.optim.layer_decay
+    assert stage5.optim.lr == stage3.optim.lr / 5 and stage5.optim.decay_steps[0] < stage5.steps
+
+
+def test_embedded_iou_config_trains_the_iou_head_alone_on_first_prompts_of_real_objects():
+    config = load_config(CONFIGS / "embedded_iou.yaml")
+    assert config.model.init == "runs/embedded-stage5/stage5.safetensors" and config.prompts.rounds == 1
+    assert [source.kind for source in config.data.sources] == ["dataset"]
+    sam = build_sam("lite", image_size=128)
+    for name in config.model.freeze:
+        sam.get_submodule(name).requires_grad_(False)
+    trained = {id(p) for group in parameter_groups(sam, config.optim) for p in group["params"]}
+    assert trained == {id(p) for p in sam.mask_decoder.iou_prediction_head.parameters()}
