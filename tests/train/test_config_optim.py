@@ -157,3 +157,10 @@ def test_embedded_iou_config_trains_the_iou_head_alone_on_first_prompts_of_real_
         sam.get_submodule(name).requires_grad_(False)
     trained = {id(p) for group in parameter_groups(sam, config.optim) for p in group["params"]}
     assert trained == {id(p) for p in sam.mask_decoder.iou_prediction_head.parameters()}
+
+
+def test_embedded_real_config_fine_tunes_stage3_past_its_encoder_on_real_objects_alone():
+    stage3, real = load_config(CONFIGS / "embedded_stage3.yaml"), load_config(CONFIGS / "embedded_real.yaml")
+    assert real.model.init == "runs/embedded-stage3/stage3.safetensors" and real.model.freeze == ["image_encoder"]
+    assert [(source.kind, source.path) for source in real.data.sources] == [("dataset", "../shared/datasets/COCO_MVal")]
+    assert (real.loss, real.prompts) == (stage3.loss, stage3.prompts) and real.optim.lr < stage3.optim.lr
