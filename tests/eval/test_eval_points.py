@@ -108,7 +108,8 @@ def test_grabcut_baseline_repeats_exactly_whatever_opencv_drew_before():
     segmenter = GrabCutSegmenter()
     segmenter.set_image(sample.read_image())
     scored = sample.masks[0] if sample.ignore is None else sample.masks[0] & ~sample.ignore
-    point = np.argwhere(scored)[len(np.argwhere(scored)) // 2][::-1][None].astype(float)
+    inside = np.argwhere(scored)
+    point = inside[len(inside) // 2][::-1][None].astype(float)
     answers = []
     for draws in (0, 7, 1000):
         cv2.randu(np.empty(draws + 1, np.float32), 0, 1)  # moves OpenCV's random generator along
