@@ -372,7 +372,7 @@ class SamAutomaticMaskGenerator:
             points = coords[start : start + step, None, :]
             labels = torch.ones(points.shape[:2], dtype=torch.int, device=coords.device)
             sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
-            decoded = decoder.decode(self.predictor.features, image_pe, sparse, dense, image_side).choose(True)
+            decoded = decoder.decode(self.predictor.features, image_pe, sparse, dense, image_side, multimask_output=True)
             iou = decoded.iou_predictions
             wanted = torch.arange(len(iou), device=iou.device)
             if self.pred_iou_thresh > 0.0:

@@ -157,9 +157,8 @@ class SamPredictor:
             multimask_output=multimask_output,
             image_side=self._image_side if mask_input is None else None,
         )
-        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        threshold = None if return_logits else self.model.mask_threshold
+        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size, threshold)
         return masks, iou_predictions, low_res_masks
 
     def get_image_embedding(self) -> torch.Tensor:

@@ -124,6 +124,26 @@ def test_upscaling_only_the_extent_gives_the_same_masks(predictors):
     assert (expected - actual).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("multimask_output", [True, False])
+def test_decoding_only_the_wanted_masks_gives_those_of_a_full_decode(predictors, multimask_output):
+    """The final token->image attention runs only for the tokens that are read."""
+    _, ours = predictors
+    model = ours.model
+    decoder = model.mask_decoder
+    coords = torch.tensor([[[40.0, 30.0], [90.0, 70.0]], [[200.0, 120.0], [10.0, 10.0]]])
+    labels = torch.tensor([[1, 0], [1, 1]], dtype=torch.int)
+    sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    pe = model.prompt_encoder.get_dense_pe()
+    with torch.inference_mode():
+        every = decoder.decode(ours.features, pe, sparse, dense)
+        wanted = decoder.decode(ours.features, pe, sparse, dense, multimask_output=multimask_output)
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        expected, actual = decoder.upscale_masks(every)[:, chosen], decoder.upscale_masks(wanted)
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max().item() <= 1e-5
+    assert (wanted.iou_predictions - every.iou_predictions[:, chosen]).abs().max().item() <= 1e-6
+
+
 def test_sam_forward_matches(models, image):
     reference_model, our_model = models
     transform = segany.transforms.ResizeLongestSide(PARITY_CONFIG.image_size)

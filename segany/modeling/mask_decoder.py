@@ -34,16 +34,6 @@ class DecodedPrompts:
     iou_predictions: torch.Tensor  # B x M
     grid: tuple[int, int]  # H, W of the image tokens
 
-    def choose(self, multimask_output: bool) -> DecodedPrompts:
-        """Keep the three ambiguity-aware masks (tokens 1-3) or the single mask (token 0)."""
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
-        return DecodedPrompts(
-            hyper_in=self.hyper_in[:, chosen],
-            image_tokens=self.image_tokens,
-            iou_predictions=self.iou_predictions[:, chosen],
-            grid=self.grid,
-        )
-
     def select(self, index: torch.Tensor) -> DecodedPrompts:
         """The prompts at ``index`` (indices or a bool mask over the batch), in that order."""
         return DecodedPrompts(
@@ -107,8 +97,8 @@ class MaskDecoder(nn.Module):
         skips recomputing it.
         """
         decoded = self.decode(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side
-        ).choose(multimask_output)
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side, multimask_output
+        )
         return self.upscale_masks(decoded), decoded.iou_predictions
 
     def predict_masks(
@@ -132,23 +122,32 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         image_side: ImageSide | None = None,
+        multimask_output: bool | None = None,
     ) -> DecodedPrompts:
-        """Run the transformer, the IoU head and the hypernetworks for a batch of prompts (all
-        mask tokens). Everything on the token side happens here, at the batch's size, so that
-        a mask rounds the same whichever subset of prompts is upscaled."""
+        """Run the transformer, the IoU head and the hypernetworks for a batch of prompts: masks
+        1-3 with ``multimask_output``, mask 0 without, all four when it is None. Everything on
+        the token side happens here, at the batch's size, so that a mask rounds the same
+        whichever subset of prompts is upscaled."""
         batch = sparse_prompt_embeddings.shape[0]
+        if multimask_output is None:
+            masks = list(range(self.num_mask_tokens))
+        else:
+            masks = list(range(1, self.num_mask_tokens)) if multimask_output else [0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
         if image_side is None:
             image_side = self.image_side(image_embeddings, image_pe, dense_prompt_embeddings)
-        token_out, image_tokens = self.transformer(None, None, tokens, image=image_side)
+        # Only the IoU token and the wanted mask tokens are read: the transformer returns those.
+        token_out, image_tokens = self.transformer(
+            None, None, tokens, image=image_side, outputs=[0] + [1 + mask for mask in masks]
+        )
         hyper_in = torch.stack(
-            [mlp(token_out[:, 1 + index]) for index, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+            [self.output_hypernetworks_mlps[mask](token_out[:, 1 + row]) for row, mask in enumerate(masks)], dim=1
         )
         return DecodedPrompts(
             hyper_in=hyper_in,
             image_tokens=image_tokens,
-            iou_predictions=self.iou_prediction_head(token_out[:, 0]),
+            iou_predictions=self.iou_prediction_head(token_out[:, 0])[:, masks],
             grid=tuple(image_pe.shape[-2:]),
         )
 

@@ -67,29 +67,45 @@ class Sam(nn.Module):
         return min(grid_h, -(-input_size[0] // scale) + 1), min(grid_w, -(-input_size[1] // scale) + 1)
 
     def postprocess_masks(
-        self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
+        self,
+        masks: torch.Tensor,
+        input_size: tuple[int, ...],
+        original_size: tuple[int, ...],
+        threshold: float | None = None,
     ) -> torch.Tensor:
         """Upscale low-res logits to the padded input, drop the padding, resize to the original image.
 
         Only the :meth:`low_res_extent` of ``masks`` is upscaled (identical values), which saves
         the work spent on padding for non-square images; ``masks`` may already be cut to it.
+        With a ``threshold``, the boolean masks ``logits > threshold`` are returned instead of
+        the logits (on the CPU the logits are then never materialised at full size).
         """
         scale = self.low_res_scale
         rows, cols = self.low_res_extent(input_size)
         kept = masks[..., :rows, :cols]
-        # One plane per batch entry: the upsampling kernel is about twice as fast on N x 1 x h x w
-        # as on 1 x N x h x w when it runs on one thread (and the same on more).
-        planes = kept.reshape(-1, 1, *kept.shape[-2:])
+        input_size, original_size = (int(input_size[0]), int(input_size[1])), (int(original_size[0]), int(original_size[1]))
+        if kept.device.type == "cpu" and kept.dtype == torch.float32 and not kept.requires_grad:
+            from segany.modeling.mask_resize import upscale_planes
+
+            planes = kept.reshape(-1, *kept.shape[-2:]).numpy()
+            resized = torch.from_numpy(upscale_planes(planes, scale, input_size, original_size, threshold))
+        else:
+            resized = self._interpolate(kept.reshape(-1, 1, *kept.shape[-2:]), scale, input_size, original_size)[:, 0]
+            if threshold is not None:
+                resized = resized > threshold
+        return resized.view(*masks.shape[:-2], *resized.shape[-2:])
+
+    @staticmethod
+    def _interpolate(
+        planes: torch.Tensor, scale: int, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """:meth:`postprocess_masks` with PyTorch's kernels (GPUs, autograd), N x 1 x h x w planes."""
         # Upscaling by `scale` straight to the unpadded input size: the same samples as upscaling
         # the whole grid and cropping, without computing or copying the cropped part.
-        upscaled = torch.ops.aten.upsample_bilinear2d(
-            planes, [int(input_size[0]), int(input_size[1])], False, float(scale), float(scale)
-        )
-        if tuple(original_size) == tuple(input_size):
-            resized = upscaled  # bilinear resizing to the same size is the identity
-        else:
-            resized = F.interpolate(upscaled, tuple(original_size), mode="bilinear", align_corners=False)
-        return resized.view(*masks.shape[:-2], *resized.shape[-2:])
+        upscaled = torch.ops.aten.upsample_bilinear2d(planes, list(input_size), False, float(scale), float(scale))
+        if original_size == input_size:
+            return upscaled  # bilinear resizing to the same size is the identity
+        return F.interpolate(upscaled, original_size, mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:

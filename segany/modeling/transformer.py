@@ -265,13 +265,20 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor | None,
         point_embedding: torch.Tensor,
         image: ImageSide | None = None,
+        outputs: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image Bi x C x H x W (+ its PE), or its precomputed ``image`` side, and tokens B x T x C
-        -> (tokens, image tokens B x HW x C); Bi is 1 or B."""
+        -> (tokens, image tokens B x HW x C); Bi is 1 or B.
+
+        ``outputs`` (token indices) limits the returned tokens to those the caller reads: each
+        token's final attention to the image is its own, so the others' is never computed.
+        """
         if image is None:
             image = self.image_side(image_embedding, image_pe)
         queries, keys, key_pe = point_embedding, image.keys, image.key_pe
         for index, layer in enumerate(self.layers):
             queries, keys = layer(queries, point_embedding, keys, key_pe, image if index == 0 else None)
+        if outputs is not None:
+            queries, point_embedding = queries[:, outputs], point_embedding[:, outputs]
         attended = self.final_attn_token_to_image.read_image(queries + point_embedding, keys, keys + key_pe)
         return self.norm_final_attn(queries + attended), keys

@@ -53,9 +53,6 @@ class SimilarityDecoded:
     low_res: torch.Tensor
     iou_predictions: torch.Tensor
 
-    def choose(self, multimask_output: bool) -> SimilarityDecoded:
-        return self if multimask_output else SimilarityDecoded(self.low_res[:, :1], self.iou_predictions[:, :1])
-
     def select(self, index: torch.Tensor) -> SimilarityDecoded:
         return SimilarityDecoded(self.low_res[index], self.iou_predictions[index])
 
@@ -66,10 +63,13 @@ class SimilarityDecoder(nn.Module):
     def image_side(self, image_embeddings, image_pe, dense_prompt_embeddings):
         return None
 
-    def decode(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side=None):
-        return SimilarityDecoded(
-            *self(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, True, image_side)
+    def decode(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side=None,
+               multimask_output=True):
+        low_res, iou_predictions = self(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, True, image_side
         )
+        wanted = slice(None) if multimask_output else slice(0, 1)
+        return SimilarityDecoded(low_res[:, wanted], iou_predictions[:, wanted])
 
     def upscale_masks(self, decoded: SimilarityDecoded, extent=None) -> torch.Tensor:
         return decoded.low_res

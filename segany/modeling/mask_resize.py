@@ -1,0 +1,209 @@
+"""Bilinear resizing of mask logits on the CPU, with PyTorch's arithmetic, several times faster.
+
+SAM's postprocessing resizes every low-res mask bilinearly twice (x4 to the encoder input, then
+to the photo) and a predictor thresholds the result. PyTorch's CPU kernel gathers four source
+pixels for every output pixel of each resize and writes each full-size result to memory. Here
+both resizes run together, a band of output rows at a time, so that what one band needs (a few
+low-res rows, the x4 rows between) stays in the core's cache; each resize is two separable
+passes, along the rows (two source pixels per output column, once per source row), then down
+the columns (two whole rows mixed per output row, which vectorises); and when only masks are
+wanted the threshold is applied as the last pass writes, so the full-size logits never exist.
+
+The taps and weights are PyTorch's (:func:`bilinear_taps`, its float32 source-index formula) and
+each pass rounds as its vectorised kernel does (one fused multiply-add per pair), so on
+photo-sized outputs the values are bit-identical to ``F.interpolate``'s; on outputs only a few
+pixels wide, where PyTorch takes another path, they can differ in the last bit
+(tests/test_mask_resize.py).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numba
+import numpy as np
+import torch
+from numba import types
+from numba.extending import intrinsic
+
+# Output rows resized together: a band's intermediate rows (a few hundred KB) stay in the cache.
+BAND_ROWS = 32
+# Below this many output pixels per worker, handing bands to another thread does not pay: a
+# predictor's three masks stay on the calling thread, the automatic generator's batches split.
+MIN_PIXELS_PER_WORKER = 8_000_000
+
+
+@dataclass(frozen=True)
+class Taps:
+    """For each output index of a 1-D bilinear resize: its two source indices and their weights."""
+
+    index: np.ndarray  # 2 x out, int64; both rows equal at the last source index
+    weight: np.ndarray  # 2 x out, float32
+
+
+@lru_cache(maxsize=64)
+def bilinear_taps(in_length: int, out_length: int, scale: float | None = None) -> Taps:
+    """The taps of resizing ``in_length`` samples to ``out_length`` (align_corners=False).
+
+    ``scale`` is the upscaling factor when the caller passes one to PyTorch (the step between
+    output samples is then exactly 1 / scale), else the step is in / out in float32, as PyTorch
+    computes it. PyTorch's source position step * (i + 0.5) - 0.5 is one fused multiply-add in
+    float32; the product is exact in float64, so rounding the float64 result once is the same.
+    """
+    step = np.float32(1.0 / scale) if scale else np.float32(in_length) / np.float32(out_length)
+    source = (np.float64(step) * (np.arange(out_length) + 0.5) - 0.5).astype(np.float32)
+    source = np.maximum(source, np.float32(0))
+    first = source.astype(np.int64)
+    fraction = np.minimum(source - first.astype(np.float32), np.float32(1))
+    second = np.where(first < in_length - 1, first + 1, first)
+    return Taps(np.stack([first, second]), np.stack([np.float32(1) - fraction, fraction]))
+
+
+@intrinsic
+def _fused_multiply_add(typingctx, a, b, c):
+    """a * b + c with one rounding (llvm.fma), as PyTorch's vectorised kernel mixes each pair."""
+    signature = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, sig, args):
+        return builder.fma(*args)
+
+    return signature, codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def _mix_along(row, index, weight, target):
+    """One row resized to ``target``'s width."""
+    for x in range(target.shape[0]):
+        target[x] = _fused_multiply_add(row[index[0, x]], weight[0, x], row[index[1, x]] * weight[1, x])
+
+
+@numba.njit(nogil=True, cache=True)
+def _mix_rows(top, bottom, top_weight, bottom_weight, threshold, target):
+    """Two rows mixed into ``target``; with a ``threshold``, ``target`` receives mix > threshold."""
+    for x in range(target.shape[0]):
+        value = _fused_multiply_add(top[x], top_weight, bottom[x] * bottom_weight)
+        if threshold is None:
+            target[x] = value
+        else:
+            target[x] = value > threshold
+
+
+@numba.njit(nogil=True, cache=True)
+def _widest_band(rows_index, outer_index, band):
+    """The most source rows (of ``rows_index``'s source) one band of output rows reads, when the
+    output rows are ``outer_index``'s sources (or the output itself when it is None)."""
+    height = rows_index.shape[1] if outer_index is None else outer_index.shape[1]
+    most = 0
+    for top in range(0, height, band):
+        bottom = min(height, top + band) - 1
+        if outer_index is None:
+            first, last = top, bottom
+        else:
+            first, last = outer_index[0, top], outer_index[1, bottom]
+        most = max(most, rows_index[1, last] - rows_index[0, first] + 1)
+    return most
+
+
+@numba.njit(nogil=True, cache=True)
+def _upscale_bands(low, up_columns, up_rows, threshold, out, band, start, stop):
+    """Bands numbered start..stop-1 (over planes x bands of ``band`` rows) of ``low`` upscaled
+    by the x-scale taps ``up_*`` (index, weight pairs) straight to ``out``'s size."""
+    height = out.shape[1]
+    bands = (height + band - 1) // band
+    wide = np.empty((_widest_band(up_rows[0], None, band), out.shape[2]), dtype=np.float32)
+    for job in range(start, stop):
+        plane, top = job // bands, (job % bands) * band
+        bottom = min(height, top + band)
+        first = up_rows[0][0, top]
+        for row in range(first, up_rows[0][1, bottom - 1] + 1):
+            _mix_along(low[plane, row], up_columns[0], up_columns[1], wide[row - first])
+        for y in range(top, bottom):
+            _mix_rows(wide[up_rows[0][0, y] - first], wide[up_rows[0][1, y] - first],
+                      up_rows[1][0, y], up_rows[1][1, y], threshold, out[plane, y])
+
+
+@numba.njit(nogil=True, cache=True)
+def _upscale_resize_bands(low, up_columns, up_rows, photo_columns, photo_rows, threshold, out, band, start, stop):
+    """As :func:`_upscale_bands`, then resized by the ``photo_*`` taps to ``out``'s size: each
+    band makes only the upscaled rows it reads."""
+    height = out.shape[1]
+    bands = (height + band - 1) // band
+    wide_low = np.empty((_widest_band(up_rows[0], photo_rows[0], band), up_columns[0].shape[1]), dtype=np.float32)
+    upscaled = np.empty(up_columns[0].shape[1], dtype=np.float32)
+    wide = np.empty((_widest_band(photo_rows[0], None, band), out.shape[2]), dtype=np.float32)
+    for job in range(start, stop):
+        plane, top = job // bands, (job % bands) * band
+        bottom = min(height, top + band)
+        first, last = photo_rows[0][0, top], photo_rows[0][1, bottom - 1]
+        first_low = up_rows[0][0, first]
+        for row in range(first_low, up_rows[0][1, last] + 1):
+            _mix_along(low[plane, row], up_columns[0], up_columns[1], wide_low[row - first_low])
+        for row in range(first, last + 1):
+            _mix_rows(wide_low[up_rows[0][0, row] - first_low], wide_low[up_rows[0][1, row] - first_low],
+                      up_rows[1][0, row], up_rows[1][1, row], None, upscaled)
+            _mix_along(upscaled, photo_columns[0], photo_columns[1], wide[row - first])
+        for y in range(top, bottom):
+            _mix_rows(wide[photo_rows[0][0, y] - first], wide[photo_rows[0][1, y] - first],
+                      photo_rows[1][0, y], photo_rows[1][1, y], threshold, out[plane, y])
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    """A forked child has none of its parent's pool threads: it starts its own when needed."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _run_split(kernel, jobs: int, pixels: int, *args) -> None:
+    """Run ``kernel(*args, start, stop)`` over jobs 0..jobs-1, split across up to PyTorch's
+    thread count when the ``pixels`` to write are many (the kernels release the GIL)."""
+    global _pool
+    workers = max(1, min(torch.get_num_threads(), jobs, pixels // MIN_PIXELS_PER_WORKER))
+    if workers == 1:
+        kernel(*args, 0, jobs)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="segany-resize")
+    bounds = np.linspace(0, jobs, workers + 1).astype(np.int64)
+    others = [_pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, workers)]
+    kernel(*args, bounds[0], bounds[1])
+    for other in others:
+        other.result()
+
+
+def _pair(taps: Taps) -> tuple[np.ndarray, np.ndarray]:
+    return taps.index, taps.weight
+
+
+def upscale_planes(
+    planes: np.ndarray,
+    scale: float,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Low-res logits (planes x h x w, float32) upscaled by ``scale`` to ``input_size`` (the rest
+    of the x-scale grid is never computed), then resized to ``original_size``; with a
+    ``threshold``, the boolean masks logits > threshold instead."""
+    planes = np.ascontiguousarray(planes, dtype=np.float32)
+    count, height, width = planes.shape
+    input_size, original_size = tuple(input_size), tuple(original_size)
+    up = _pair(bilinear_taps(width, input_size[1], scale)), _pair(bilinear_taps(height, input_size[0], scale))
+    out = np.empty((count, *original_size), dtype=np.float32 if threshold is None else np.bool_)
+    limit = None if threshold is None else np.float32(threshold)
+    jobs = count * -(-original_size[0] // BAND_ROWS)
+    if original_size == input_size:
+        _run_split(_upscale_bands, jobs, out.size, planes, *up, limit, out, BAND_ROWS)
+    else:
+        photo = (_pair(bilinear_taps(input_size[1], original_size[1])),
+                 _pair(bilinear_taps(input_size[0], original_size[0])))
+        _run_split(_upscale_resize_bands, jobs, out.size, planes, *up, *photo, limit, out, BAND_ROWS)
+    return out

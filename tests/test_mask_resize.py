@@ -1,0 +1,122 @@
+"""The CPU mask-resizing kernels against PyTorch's bilinear interpolation, which they replace."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from segany.modeling import mask_resize
+from segany.modeling.mask_resize import bilinear_taps, upscale_planes
+
+# (low-res rows, cols) -> encoder input size -> photo size, as postprocessing meets them.
+PHOTO_GEOMETRIES = [
+    ((172, 256), (683, 1024), (1200, 1800)),  # landscape 3:2, upscaled
+    ((256, 172), (1024, 683), (1800, 1200)),  # portrait
+    ((193, 256), (768, 1024), (480, 640)),  # downscaled
+    ((256, 256), (1024, 1024), (1024, 1024)),  # no second resize
+]
+SMALL_GEOMETRIES = [((12, 17), (47, 64), (17, 23)), ((6, 8), (23, 29), (40, 51))]
+
+
+def official_postprocess(planes: torch.Tensor, input_size, original_size) -> torch.Tensor:
+    """The official package's arithmetic: x4 to the input (explicit scale), then to the photo."""
+    upscaled = torch.ops.aten.upsample_bilinear2d(planes[:, None], list(input_size), False, 4.0, 4.0)
+    if tuple(original_size) != tuple(input_size):
+        upscaled = F.interpolate(upscaled, tuple(original_size), mode="bilinear", align_corners=False)
+    return upscaled[:, 0]
+
+
+def taps_read_off_pytorch(in_length: int, out_length: int, scale: float | None) -> np.ndarray:
+    """out x in weight matrix of PyTorch's 1-D bilinear resize: it resizes each unit vector."""
+    unit = torch.eye(in_length).reshape(in_length, 1, 1, in_length)
+    if scale is None:
+        resized = F.interpolate(unit, (1, out_length), mode="bilinear", align_corners=False)
+    else:
+        resized = torch.ops.aten.upsample_bilinear2d(unit, [1, out_length], False, scale, scale)
+    return resized.reshape(in_length, out_length).T.numpy()
+
+
+@pytest.mark.parametrize(
+    "in_length, out_length, scale",
+    [(256, 1024, 4.0), (172, 683, 4.0), (1024, 1800, None), (683, 1200, None), (1024, 640, None), (768, 480, None),
+     (7, 23, None), (64, 17, None), (3, 3, None)],
+)
+def test_taps_are_pytorchs(in_length, out_length, scale):
+    taps = bilinear_taps(in_length, out_length, scale)
+    (first, second), (first_weight, second_weight) = taps.index, taps.weight
+    weights = taps_read_off_pytorch(in_length, out_length, scale)
+    rows = np.arange(out_length)
+    apart = second != first
+    assert np.array_equal(weights[rows[apart], first[apart]], first_weight[apart])
+    assert np.array_equal(weights[rows[apart], second[apart]], second_weight[apart])
+    # Where both taps are one source sample (the last one), PyTorch applies their sum.
+    summed = first_weight[~apart] + second_weight[~apart]
+    np.testing.assert_allclose(weights[rows[~apart], first[~apart]], summed, rtol=1e-7)
+    assert np.count_nonzero(weights) == np.count_nonzero(first_weight) + np.count_nonzero(second_weight * apart)
+
+
+@pytest.mark.parametrize("low_res, input_size, original_size", PHOTO_GEOMETRIES)
+def test_photo_sized_logits_and_masks_are_bit_identical_to_pytorchs(low_res, input_size, original_size):
+    planes = torch.randn(3, *low_res, generator=torch.Generator().manual_seed(0)) * 4
+    expected = official_postprocess(planes, input_size, original_size).numpy()
+    logits = upscale_planes(planes.numpy(), 4, input_size, original_size)
+    assert logits.shape == expected.shape and logits.dtype == np.float32
+    assert np.array_equal(logits, expected)
+    masks = upscale_planes(planes.numpy(), 4, input_size, original_size, threshold=0.0)
+    assert masks.dtype == np.bool_ and np.array_equal(masks, expected > 0)
+    assert 0.2 < masks.mean() < 0.8  # both sides of the threshold are exercised
+
+
+@pytest.mark.parametrize("low_res, input_size, original_size", SMALL_GEOMETRIES)
+def test_tiny_outputs_agree_to_the_last_bit(low_res, input_size, original_size):
+    """PyTorch takes another path for tiny outputs; the values differ by rounding only."""
+    planes = torch.randn(2, *low_res, generator=torch.Generator().manual_seed(1)) * 4
+    expected = official_postprocess(planes, input_size, original_size).numpy()
+    logits = upscale_planes(planes.numpy(), 4, input_size, original_size)
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(expected).max())
+    masks = upscale_planes(planes.numpy(), 4, input_size, original_size, threshold=0.5)
+    assert np.array_equal(masks, logits > 0.5)
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+    monkeypatch.setattr(mask_resize, "MIN_PIXELS_PER_WORKER", 1)  # split even a few masks
+    planes = np.random.default_rng(2).normal(size=(3, 172, 256)).astype(np.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = upscale_planes(planes, 4, (683, 1024), (1200, 1800))
+        torch.set_num_threads(3)
+        split = upscale_planes(planes, 4, (683, 1024), (1200, 1800))
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(alone, split)
+
+
+def _resize_in_child(queue) -> None:
+    planes = np.ones((2, 172, 256), dtype=np.float32)
+    queue.put(bool(upscale_planes(planes, 4, (683, 1024), (1200, 1800), threshold=0.5).all()))
+
+
+def test_a_forked_child_resizes_with_its_own_threads(monkeypatch):
+    """Worker threads do not survive fork: a child that inherited the pool must not wait on them."""
+    monkeypatch.setattr(mask_resize, "MIN_PIXELS_PER_WORKER", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        upscale_planes(np.zeros((3, 172, 256), np.float32), 4, (683, 1024), (1200, 1800))  # the parent's pool
+        assert mask_resize._pool is not None
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_resize_in_child, args=(queue,))
+        child.start()
+        child.join(timeout=60)
+        alive = child.is_alive()
+        if alive:
+            child.kill()
+    finally:
+        torch.set_num_threads(threads)
+    assert not alive and child.exitcode == 0 and queue.get(timeout=5) is True
