@@ -33,7 +33,6 @@ from segany.masks import (
     encode_rles,
     masks_to_boxes,
     remove_small_regions,
-    stability_scores,
     uncompressed_rles,
 )
 from segany.modeling import Sam
@@ -395,14 +394,13 @@ class SamAutomaticMaskGenerator:
     ) -> MaskCandidates:
         """Upscale the masks at ``index`` (their low-res logits: ``low_res``, len(index) x h x w);
         keep the stable ones that the crop edge did not cut."""
-        predictor, model = self.predictor, self.predictor.model
-        logits = model.postprocess_masks(low_res[:, None], predictor.input_size, predictor.original_size)[:, 0]
-        stability = stability_scores(logits, model.mask_threshold, self.stability_score_offset)
+        predictor = self.predictor
+        masks, stability, boxes = predictor.model.postprocess_masks_tallied(
+            low_res, predictor.input_size, predictor.original_size, self.stability_score_offset
+        )
         if self.stability_score_thresh > 0.0:
             stable = stability >= self.stability_score_thresh
-            index, logits, stability = index[stable], logits[stable], stability[stable]
-        masks = logits > model.mask_threshold
-        boxes = masks_to_boxes(masks)
+            index, masks, stability, boxes = index[stable], masks[stable], stability[stable], boxes[stable]
         inside = ~boxes_near_crop_edge(boxes, crop_box, image_size)
         index = index[inside]
         return MaskCandidates(

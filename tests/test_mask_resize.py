@@ -120,3 +120,48 @@ def test_a_forked_child_resizes_with_its_own_threads(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert not alive and child.exitcode == 0 and queue.get(timeout=5) is True
+
+
+def tally_planes() -> np.ndarray:
+    """Random logits, plus an empty mask, a full one and one set only near a corner."""
+    planes = np.random.default_rng(3).normal(size=(5, 172, 256)).astype(np.float32) * 4
+    planes[2] = -5
+    planes[3] = 5
+    planes[4] = -5
+    planes[4, 160:, 240:] = 5
+    return planes
+
+
+@pytest.mark.parametrize("original_size", [(683, 1024), (1200, 1800), (480, 640)])
+def test_tallies_are_those_of_the_logits(original_size):
+    from segany.masks import masks_to_boxes
+
+    planes = tally_planes()
+    logits = upscale_planes(planes, 4, (683, 1024), original_size)
+    tallied = mask_resize.upscale_planes_tallied(planes, 4, (683, 1024), original_size, threshold=0.5, offset=1.0)
+    masks = logits > 0.5
+    assert np.array_equal(tallied.masks, masks)
+    assert np.array_equal(tallied.tight, (logits > 1.5).sum(axis=(1, 2)))
+    assert np.array_equal(tallied.loose, (logits > -0.5).sum(axis=(1, 2)))
+    assert np.array_equal(tallied.boxes, masks_to_boxes(torch.from_numpy(masks)).numpy())
+    assert tallied.tight[2] == tallied.loose[2] == 0 and not tallied.boxes[2].any()  # the empty mask
+    assert tallied.boxes[4, 0] > original_size[1] // 2 and tallied.boxes[4, 3] == original_size[0] - 1
+
+
+def test_sam_tallied_postprocessing_equals_pytorchs_kernels(monkeypatch):
+    """The automatic generator's CPU path against the one other devices take (PyTorch's kernels)."""
+    import segany
+    from segany.modeling import sam
+
+    model = segany.build_sam("default")
+    low_res = torch.from_numpy(tally_planes()[:, :128, :128].copy())
+    input_size, original_size = (341, 512), (600, 900)
+    masks, stability, boxes = model.postprocess_masks_tallied(low_res, input_size, original_size, 1.0)
+    logits = model.postprocess_masks(low_res, input_size, original_size)
+    monkeypatch.setattr(sam, "_resized_by_cpu_kernels", lambda planes: False)
+    expected = model.postprocess_masks_tallied(low_res, input_size, original_size, 1.0)
+    assert torch.equal(model.postprocess_masks(low_res, input_size, original_size), logits)
+    assert masks.shape == (5, *original_size) and torch.equal(masks, expected[0])
+    assert torch.equal(boxes, expected[2])
+    torch.testing.assert_close(stability, expected[1], equal_nan=True, rtol=0, atol=0)
+    assert torch.isnan(stability[2])  # an empty mask has no stability, as in the official package

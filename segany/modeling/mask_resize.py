@@ -92,6 +92,37 @@ def _mix_rows(top, bottom, top_weight, bottom_weight, threshold, target):
 
 
 @numba.njit(nogil=True, cache=True)
+def _mix_rows_tallied(top, bottom, top_weight, bottom_weight, threshold, cutoffs, target, tally, y):
+    """:func:`_mix_rows` with a threshold that also adds to ``tally`` (pixels above each of the
+    two ``cutoffs``, then the x0, y0, x1, y1 box of the pixels above the threshold) this row ``y``."""
+    above_first, above_second, first_x, last_x = 0, 0, -1, -1
+    for x in range(target.shape[0]):
+        value = _fused_multiply_add(top[x], top_weight, bottom[x] * bottom_weight)
+        above = value > threshold
+        target[x] = above
+        above_first += value > cutoffs[0]
+        above_second += value > cutoffs[1]
+        if above:
+            last_x = x
+            if first_x < 0:
+                first_x = x
+    tally[0] += above_first
+    tally[1] += above_second
+    if first_x >= 0:
+        tally[2], tally[3] = min(tally[2], first_x), min(tally[3], y)
+        tally[4], tally[5] = max(tally[4], last_x), max(tally[5], y)
+
+
+@numba.njit(nogil=True, cache=True)
+def _finish_row(top, bottom, top_weight, bottom_weight, threshold, target, cutoffs, tallies, job, y):
+    """The last pass of one output row: plain, thresholded, or thresholded and tallied."""
+    if tallies is None:
+        _mix_rows(top, bottom, top_weight, bottom_weight, threshold, target)
+    else:
+        _mix_rows_tallied(top, bottom, top_weight, bottom_weight, threshold, cutoffs, target, tallies[job], y)
+
+
+@numba.njit(nogil=True, cache=True)
 def _widest_band(rows_index, outer_index, band):
     """The most source rows (of ``rows_index``'s source) one band of output rows reads, when the
     output rows are ``outer_index``'s sources (or the output itself when it is None)."""
@@ -108,9 +139,10 @@ def _widest_band(rows_index, outer_index, band):
 
 
 @numba.njit(nogil=True, cache=True)
-def _upscale_bands(low, up_columns, up_rows, threshold, out, band, start, stop):
+def _upscale_bands(low, up_columns, up_rows, threshold, cutoffs, tallies, out, band, start, stop):
     """Bands numbered start..stop-1 (over planes x bands of ``band`` rows) of ``low`` upscaled
-    by the x-scale taps ``up_*`` (index, weight pairs) straight to ``out``'s size."""
+    by the x-scale taps ``up_*`` (index, weight pairs) straight to ``out``'s size; with
+    ``tallies``, each band's row of it receives :func:`_mix_rows_tallied`'s counts and box."""
     height = out.shape[1]
     bands = (height + band - 1) // band
     wide = np.empty((_widest_band(up_rows[0], None, band), out.shape[2]), dtype=np.float32)
@@ -121,12 +153,14 @@ def _upscale_bands(low, up_columns, up_rows, threshold, out, band, start, stop):
         for row in range(first, up_rows[0][1, bottom - 1] + 1):
             _mix_along(low[plane, row], up_columns[0], up_columns[1], wide[row - first])
         for y in range(top, bottom):
-            _mix_rows(wide[up_rows[0][0, y] - first], wide[up_rows[0][1, y] - first],
-                      up_rows[1][0, y], up_rows[1][1, y], threshold, out[plane, y])
+            _finish_row(wide[up_rows[0][0, y] - first], wide[up_rows[0][1, y] - first],
+                        up_rows[1][0, y], up_rows[1][1, y], threshold, out[plane, y], cutoffs, tallies, job, y)
 
 
 @numba.njit(nogil=True, cache=True)
-def _upscale_resize_bands(low, up_columns, up_rows, photo_columns, photo_rows, threshold, out, band, start, stop):
+def _upscale_resize_bands(
+    low, up_columns, up_rows, photo_columns, photo_rows, threshold, cutoffs, tallies, out, band, start, stop
+):
     """As :func:`_upscale_bands`, then resized by the ``photo_*`` taps to ``out``'s size: each
     band makes only the upscaled rows it reads."""
     height = out.shape[1]
@@ -146,8 +180,8 @@ def _upscale_resize_bands(low, up_columns, up_rows, photo_columns, photo_rows, t
                       up_rows[1][0, row], up_rows[1][1, row], None, upscaled)
             _mix_along(upscaled, photo_columns[0], photo_columns[1], wide[row - first])
         for y in range(top, bottom):
-            _mix_rows(wide[photo_rows[0][0, y] - first], wide[photo_rows[0][1, y] - first],
-                      photo_rows[1][0, y], photo_rows[1][1, y], threshold, out[plane, y])
+            _finish_row(wide[photo_rows[0][0, y] - first], wide[photo_rows[0][1, y] - first],
+                        photo_rows[1][0, y], photo_rows[1][1, y], threshold, out[plane, y], cutoffs, tallies, job, y)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -183,6 +217,37 @@ def _pair(taps: Taps) -> tuple[np.ndarray, np.ndarray]:
     return taps.index, taps.weight
 
 
+def _upscale(
+    planes: np.ndarray,
+    scale: float,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    threshold: float | None,
+    cutoffs: tuple[float, float] | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The resized planes (logits, or masks with a ``threshold``) and, with ``cutoffs``, each
+    band's tally (see :func:`_mix_rows_tallied`), planes x bands x 6."""
+    planes = np.ascontiguousarray(planes, dtype=np.float32)
+    count, height, width = planes.shape
+    input_size, original_size = tuple(input_size), tuple(original_size)
+    up = _pair(bilinear_taps(width, input_size[1], scale)), _pair(bilinear_taps(height, input_size[0], scale))
+    out = np.empty((count, *original_size), dtype=np.float32 if threshold is None else np.bool_)
+    limit = None if threshold is None else np.float32(threshold)
+    bands = -(-original_size[0] // BAND_ROWS)
+    tallies = levels = None
+    if cutoffs is not None:
+        levels = np.array(cutoffs, dtype=np.float32)
+        tallies = np.tile(np.array([0, 0, original_size[1], original_size[0], -1, -1], dtype=np.int64), (count * bands, 1))
+    if original_size == input_size:
+        _run_split(_upscale_bands, count * bands, out.size, planes, *up, limit, levels, tallies, out, BAND_ROWS)
+    else:
+        photo = (_pair(bilinear_taps(input_size[1], original_size[1])),
+                 _pair(bilinear_taps(input_size[0], original_size[0])))
+        _run_split(_upscale_resize_bands, count * bands, out.size, planes, *up, *photo, limit, levels, tallies, out,
+                   BAND_ROWS)
+    return out, None if tallies is None else tallies.reshape(count, bands, 6)
+
+
 def upscale_planes(
     planes: np.ndarray,
     scale: float,
@@ -193,17 +258,30 @@ def upscale_planes(
     """Low-res logits (planes x h x w, float32) upscaled by ``scale`` to ``input_size`` (the rest
     of the x-scale grid is never computed), then resized to ``original_size``; with a
     ``threshold``, the boolean masks logits > threshold instead."""
-    planes = np.ascontiguousarray(planes, dtype=np.float32)
-    count, height, width = planes.shape
-    input_size, original_size = tuple(input_size), tuple(original_size)
-    up = _pair(bilinear_taps(width, input_size[1], scale)), _pair(bilinear_taps(height, input_size[0], scale))
-    out = np.empty((count, *original_size), dtype=np.float32 if threshold is None else np.bool_)
-    limit = None if threshold is None else np.float32(threshold)
-    jobs = count * -(-original_size[0] // BAND_ROWS)
-    if original_size == input_size:
-        _run_split(_upscale_bands, jobs, out.size, planes, *up, limit, out, BAND_ROWS)
-    else:
-        photo = (_pair(bilinear_taps(input_size[1], original_size[1])),
-                 _pair(bilinear_taps(input_size[0], original_size[0])))
-        _run_split(_upscale_resize_bands, jobs, out.size, planes, *up, *photo, limit, out, BAND_ROWS)
-    return out
+    return _upscale(planes, scale, input_size, original_size, threshold, None)[0]
+
+
+@dataclass(frozen=True)
+class TalliedMasks:
+    """Masks upscaled from logits, with what the automatic generator's filters read of them."""
+
+    masks: np.ndarray  # N x H x W bool: logits > threshold
+    tight: np.ndarray  # N int64: pixels with logits > threshold + offset
+    loose: np.ndarray  # N int64: pixels with logits > threshold - offset
+    boxes: np.ndarray  # N x 4 int64: XYXY of the masks (inclusive), zeros if empty
+
+
+def upscale_planes_tallied(
+    planes: np.ndarray,
+    scale: float,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    threshold: float,
+    offset: float,
+) -> TalliedMasks:
+    """:func:`upscale_planes` thresholded, counting on the way the pixels a stability score needs
+    and the masks' boxes, so that the logits are never stored and the masks never re-read."""
+    masks, tallies = _upscale(planes, scale, input_size, original_size, threshold, (threshold + offset, threshold - offset))
+    boxes = np.concatenate([tallies[..., 2:4].min(axis=1), tallies[..., 4:6].max(axis=1)], axis=1)
+    boxes[boxes[:, 2] < 0] = 0
+    return TalliedMasks(masks, tallies[..., 0].sum(axis=1), tallies[..., 1].sum(axis=1), boxes)
