@@ -40,7 +40,8 @@ from segany.predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
-# Upscaled float logits held at once while filtering; bounds peak memory on large images.
+# Upscaled float logits held at once while filtering; bounds peak memory on large images (on the
+# CPU the resize kernels hold only the masks, a quarter of that).
 UPSCALE_CHUNK_BYTES = 128 * 2**20
 
 # On CPU the decoder runs twice as fast on a few prompts at a time than on 64, because each
