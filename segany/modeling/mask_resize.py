@@ -22,6 +22,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -36,9 +37,9 @@ BAND_ROWS = 32
 MIN_PIXELS_PER_WORKER = 8_000_000
 
 
-@dataclass(frozen=True)
-class Taps:
-    """For each output index of a 1-D bilinear resize: its two source indices and their weights."""
+class Taps(NamedTuple):
+    """For each output index of a 1-D bilinear resize: its two source indices and their weights
+    (a tuple, so that it unpacks straight into the kernels' index, weight pairs)."""
 
     index: np.ndarray  # 2 x out, int64; both rows equal at the last source index
     weight: np.ndarray  # 2 x out, float32
@@ -213,10 +214,6 @@ def _run_split(kernel, jobs: int, pixels: int, *args) -> None:
         other.result()
 
 
-def _pair(taps: Taps) -> tuple[np.ndarray, np.ndarray]:
-    return taps.index, taps.weight
-
-
 def _upscale(
     planes: np.ndarray,
     scale: float,
@@ -230,7 +227,7 @@ def _upscale(
     planes = np.ascontiguousarray(planes, dtype=np.float32)
     count, height, width = planes.shape
     input_size, original_size = tuple(input_size), tuple(original_size)
-    up = _pair(bilinear_taps(width, input_size[1], scale)), _pair(bilinear_taps(height, input_size[0], scale))
+    up = bilinear_taps(width, input_size[1], scale), bilinear_taps(height, input_size[0], scale)
     out = np.empty((count, *original_size), dtype=np.float32 if threshold is None else np.bool_)
     limit = None if threshold is None else np.float32(threshold)
     bands = -(-original_size[0] // BAND_ROWS)
@@ -241,8 +238,7 @@ def _upscale(
     if original_size == input_size:
         _run_split(_upscale_bands, count * bands, out.size, planes, *up, limit, levels, tallies, out, BAND_ROWS)
     else:
-        photo = (_pair(bilinear_taps(input_size[1], original_size[1])),
-                 _pair(bilinear_taps(input_size[0], original_size[0])))
+        photo = bilinear_taps(input_size[1], original_size[1]), bilinear_taps(input_size[0], original_size[0])
         _run_split(_upscale_resize_bands, count * bands, out.size, planes, *up, *photo, limit, levels, tallies, out,
                    BAND_ROWS)
     return out, None if tallies is None else tallies.reshape(count, bands, 6)

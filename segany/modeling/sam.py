@@ -165,10 +165,10 @@ class Sam(nn.Module):
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
             )
-            masks = self.postprocess_masks(low_res, record["image"].shape[-2:], record["original_size"])
-            outputs.append(
-                {"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res}
+            masks = self.postprocess_masks(
+                low_res, record["image"].shape[-2:], record["original_size"], self.mask_threshold
             )
+            outputs.append({"masks": masks, "iou_predictions": iou, "low_res_logits": low_res})
         return outputs
 
 
