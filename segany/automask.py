@@ -17,6 +17,7 @@ only those are RLE-encoded, in one pycocotools call.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from itertools import product
@@ -257,6 +258,10 @@ class SamAutomaticMaskGenerator:
                     f"({crop_n_layers + 1})"
                 )
         self.predictor = SamPredictor(model)
+        # Duplicates are removed by torchvision's NMS, whose import takes over a second: it is
+        # paid here, with the model, not by the first image (the official package imports it
+        # with itself).
+        importlib.import_module("torchvision.ops")
         self.points_per_batch = int(points_per_batch)
         given = {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
                  "stability_score_offset": stability_score_offset}

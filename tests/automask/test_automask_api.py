@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -84,3 +86,15 @@ def test_no_surviving_mask_gives_no_records(model):
     image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     records = SamAutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=1.0).generate(image)
     assert records == []
+
+
+def test_the_generator_imports_its_nms_with_the_model_not_with_the_first_image():
+    # In a fresh process: segany imports torchvision lazily, and its import (over a second)
+    # must not land inside the first generate().
+    probe = (
+        "import sys; from segany.build import build_model, CONFIGS; from segany.automask import SamAutomaticMaskGenerator; "
+        "before = 'torchvision.ops' in sys.modules; SamAutomaticMaskGenerator(build_model(CONFIGS['tiny'])); "
+        "print(before, 'torchvision.ops' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "True"]
