@@ -124,6 +124,33 @@ def test_upscaling_only_the_extent_gives_the_same_masks(predictors):
     assert (expected - actual).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("use_extent", [False, True])
+def test_upscaling_in_chunks_of_token_rows_gives_the_batch_pass_values(predictors, monkeypatch, use_extent):
+    """On the CPU the upscaling goes a few token rows of one prompt at a time; force uneven
+    chunks (3 rows, the last shorter) and compare with one pass over the whole batch."""
+    from segany.modeling import mask_decoder
+
+    _, ours = predictors
+    model = ours.model
+    decoder = model.mask_decoder
+    coords = torch.tensor([[[40.0, 30.0]], [[200.0, 120.0]], [[120.0, 60.0]]])
+    sparse, dense = model.prompt_encoder(points=(coords, torch.ones(3, 1, dtype=torch.int)), boxes=None, masks=None)
+    extent = model.low_res_extent(ours.input_size) if use_extent else None
+    with torch.inference_mode():
+        decoded = decoder.decode(ours.features, model.prompt_encoder.get_dense_pe(), sparse, dense)
+        height, width = decoded.grid
+        if extent is not None:
+            height, width = min(height, -(-extent[0] // 4)), min(width, -(-extent[1] // 4))
+        tokens = decoded.image_tokens.view(3, *decoded.grid, -1)[:, :height, :width].reshape(3, height * width, -1)
+        one_pass = decoder._mask_blocks(tokens, decoded.hyper_in, height, width).reshape(3, -1, 4 * height, 4 * width)
+        monkeypatch.setattr(mask_decoder, "UPSCALE_CHUNK_TOKENS", 3 * width)
+        assert height % 3 != 0
+        chunked = decoder.upscale_masks(decoded, extent)
+    # Matmuls over fewer rows may take other kernels, which round differently.
+    assert chunked.shape == one_pass.shape
+    assert (chunked - one_pass).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize("multimask_output", [True, False])
 def test_decoding_only_the_wanted_masks_gives_those_of_a_full_decode(predictors, multimask_output):
     """The final token->image attention runs only for the tokens that are read."""
