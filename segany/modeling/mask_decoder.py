@@ -164,7 +164,8 @@ class MaskDecoder(nn.Module):
         upscaled features are 4x and 16x as many values as the tokens (24 MB a prompt in
         all), and memory-bound passes over them are most of the upscaling's time, so chunks
         whose features stay in the cache are ~15% faster for one prompt and ~25% for a batch of
-        four; values agree to float rounding (tests/test_parity.py).
+        four; values agree to float rounding (tests/test_parity.py). GPUs, training and graph
+        capture (ONNX export, tracing, torch.compile) keep one pass over the batch.
         """
         height, width = decoded.grid
         grid = decoded.image_tokens.view(len(decoded.image_tokens), height, width, -1)
@@ -173,7 +174,7 @@ class MaskDecoder(nn.Module):
             grid = grid[:, :height, :width]
         hyper_in = decoded.hyper_in
         batch, masks = len(grid), hyper_in.shape[1]
-        if grid.device.type != "cpu" or grid.requires_grad or hyper_in.requires_grad:
+        if not _upscaled_in_chunks(grid, hyper_in):
             blocks = self._mask_blocks(grid.reshape(batch, height * width, -1), hyper_in, height, width)
             return blocks.reshape(batch, masks, 4 * height, 4 * width)
         out = grid.new_empty(batch, masks, 4 * height, 4 * width)
@@ -205,3 +206,10 @@ class MaskDecoder(nn.Module):
     def _as_matrix(conv: nn.ConvTranspose2d) -> torch.Tensor:
         """A kernel-2, stride-2 ConvTranspose2d's weight (in x out x 2 x 2) as a (2 x 2 x out) x in matrix."""
         return conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels)
+
+
+def _upscaled_in_chunks(*tensors: torch.Tensor) -> bool:
+    """Whether :meth:`MaskDecoder.upscale_masks` goes chunk by chunk: eager CPU inference only. A
+    captured graph would freeze the loop and the in-place writes of the chunks."""
+    capturing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+    return not capturing and all(t.device.type == "cpu" and not t.requires_grad for t in tensors)
