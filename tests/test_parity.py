@@ -142,7 +142,8 @@ def test_upscaling_in_chunks_of_token_rows_gives_the_batch_pass_values(predictor
         if extent is not None:
             height, width = min(height, -(-extent[0] // 4)), min(width, -(-extent[1] // 4))
         tokens = decoded.image_tokens.view(3, *decoded.grid, -1)[:, :height, :width].reshape(3, height * width, -1)
-        one_pass = decoder._mask_blocks(tokens, decoded.hyper_in, height, width).reshape(3, -1, 4 * height, 4 * width)
+        layers = decoder._upscaling_layers()
+        one_pass = decoder._mask_blocks(tokens, decoded.hyper_in, height, width, layers).reshape(3, -1, 4 * height, 4 * width)
         monkeypatch.setattr(mask_decoder, "UPSCALE_CHUNK_TOKENS", 3 * width)
         assert height % 3 != 0
         chunked = decoder.upscale_masks(decoded, extent)

@@ -174,8 +174,9 @@ class MaskDecoder(nn.Module):
             grid = grid[:, :height, :width]
         hyper_in = decoded.hyper_in
         batch, masks = len(grid), hyper_in.shape[1]
+        layers = self._upscaling_layers()
         if not _upscaled_in_chunks(grid, hyper_in):
-            blocks = self._mask_blocks(grid.reshape(batch, height * width, -1), hyper_in, height, width)
+            blocks = self._mask_blocks(grid.reshape(batch, height * width, -1), hyper_in, height, width, layers)
             return blocks.reshape(batch, masks, 4 * height, 4 * width)
         out = grid.new_empty(batch, masks, 4 * height, 4 * width)
         step = max(1, UPSCALE_CHUNK_TOKENS // width)
@@ -183,20 +184,37 @@ class MaskDecoder(nn.Module):
             for top in range(0, height, step):
                 rows = grid[prompt : prompt + 1, top : top + step]
                 count = rows.shape[1]
-                blocks = self._mask_blocks(rows.reshape(1, count * width, -1), hyper_in[prompt : prompt + 1], count, width)
+                blocks = self._mask_blocks(
+                    rows.reshape(1, count * width, -1), hyper_in[prompt : prompt + 1], count, width, layers
+                )
                 out[prompt : prompt + 1, :, 4 * top : 4 * (top + count)].view(blocks.shape).copy_(blocks)
         return out
 
-    def _mask_blocks(self, tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def _upscaling_layers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Both transposed convolutions as matmul weights and biases (made once per upscaling,
+        not once per chunk)."""
+        first, _, _, second, _ = self.output_upscaling
+        return self._as_matrix(first), first.bias.repeat(4), self._as_matrix(second), second.bias.repeat(4)
+
+    def _mask_blocks(
+        self,
+        tokens: torch.Tensor,
+        hyper_in: torch.Tensor,
+        height: int,
+        width: int,
+        layers: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
         """Mask logits of an h x w patch of image tokens (B x hw x C), as B x M x h x 2 x 2 x w x 2 x 2
-        (a view: output pixel (4y + 2i + k, 4x + 2j + l) is index (y, i, k, x, j, l))."""
+        (a view: output pixel (4y + 2i + k, 4x + 2j + l) is index (y, i, k, x, j, l)); ``layers``
+        from :meth:`_upscaling_layers`."""
         first, norm, first_act, second, second_act = self.output_upscaling
+        first_weight, first_bias, second_weight, second_bias = layers
         batch, pixels, _ = tokens.shape
         # Rows: input pixel (y, x), then output offset (i, j) within its 2x2 block, then channels.
-        x = F.linear(tokens, self._as_matrix(first), first.bias.repeat(4))
+        x = F.linear(tokens, first_weight, first_bias)
         x = x.view(batch, pixels * 4, first.out_channels)
         x = first_act(F.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
-        x = F.linear(x, self._as_matrix(second), second.bias.repeat(4))
+        x = F.linear(x, second_weight, second_bias)
         x = second_act(x.view(batch, pixels * 16, second.out_channels))
         masks = x @ hyper_in.transpose(1, 2)
         # Row (y, x, i, j, k, l) is output pixel (4y + 2i + k, 4x + 2j + l).
