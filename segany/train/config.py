@@ -19,6 +19,7 @@ import yaml
 
 FREEZABLE_MODULES = ("image_encoder", "prompt_encoder", "mask_decoder")
 PRECISIONS = ("fp32", "bf16", "fp16")
+WEIGHTS_DTYPES = ("fp32", "fp16")
 SOURCE_KINDS = ("dataset", "scenes")
 BACKBONES = (None, "efficientnet_lite0_imagenet")
 
@@ -111,6 +112,7 @@ class TrainConfig:
     batch_size: int = 256  # images per optimiser step, over all processes; paper: 256 (ViT-H), 128 (B, L)
     accumulation_steps: int = 1  # split each process's share of a batch into this many passes
     precision: str = "bf16"  # on GPU: bf16 or fp16 autocast (fp16 with loss scaling); CPU always runs fp32
+    weights_dtype: str = "fp32"  # final.safetensors' floats; fp16 halves a release (checkpoints stay fp32)
     device: str = "auto"  # "auto" (cuda when available), "cuda", "cpu"
     seed: int = 0
     log_every: int = 10
@@ -129,6 +131,8 @@ class TrainConfig:
                 f"x accumulation_steps ({self.accumulation_steps})",
             ),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (self.weights_dtype in WEIGHTS_DTYPES,
+             f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {self.weights_dtype!r}"),
             (self.device in ("auto", "cpu") or self.device.startswith("cuda"),
              f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}"),
             ({name.split(".")[0] for name in self.model.freeze} <= set(FREEZABLE_MODULES),

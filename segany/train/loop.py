@@ -10,7 +10,7 @@ weights, do not depend on how many processes share the batch. A run directory ho
     plot.png              loss and mIoU curves
     text_embeddings/      cached CLIP embeddings of mask crops, when training for text prompts
     checkpoints/step_N.pt everything needed to resume exactly
-    final.safetensors     the trained weights, for build_sam("auto", checkpoint=...)
+    final.safetensors     the trained weights (floats as ``weights_dtype``), for build_sam("auto", checkpoint=...)
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ class Trainer:
         progress.close()
         final = self.run_dir / FINAL_WEIGHTS
         if distributed.is_main_process():
-            save_sam(self.sam, final)
+            save_sam(self.sam, final, dtype=torch.float16 if config.weights_dtype == "fp16" else None)
         distributed.barrier()
         return final
 

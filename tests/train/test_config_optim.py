@@ -104,7 +104,8 @@ def test_schedule_warms_up_linearly_then_steps_down_tenfold():
 
 def test_embedded_stage2_continues_stage1_on_other_data_from_its_weights():
     stage1, stage2 = load_config(CONFIGS / "embedded.yaml"), load_config(CONFIGS / "embedded_stage2.yaml")
-    assert stage2.model.init == "runs/embedded/stage1.safetensors" and stage2.seed != stage1.seed
+    assert stage2.model.init == "runs/embedded/final.safetensors" and stage2.seed != stage1.seed
+    assert stage1.weights_dtype == stage2.weights_dtype == "fp16"  # each stage starts from the weights as shipped
     assert (stage2.data, stage2.loss, stage2.prompts) == (stage1.data, stage1.loss, stage1.prompts)
     assert stage2.model.freeze == stage1.model.freeze and stage2.model.type == stage1.model.type
     assert (stage2.steps, stage2.optim.decay_steps, stage2.optim.lr) == (1200, [950], stage1.optim.lr)
@@ -120,7 +121,7 @@ def optimiser_rates(sam: nn.Module, config: TrainConfig) -> dict[int, float]:
 def test_embedded_stage3_trains_the_top_of_the_backbone_from_stage2_at_decayed_rates():
     stage1, stage2, stage3 = (load_config(CONFIGS / f"{name}.yaml")
                               for name in ("embedded", "embedded_stage2", "embedded_stage3"))
-    assert stage3.model.init == "runs/embedded-stage2/stage2.safetensors"
+    assert stage3.model.init == "runs/embedded-stage2/final.safetensors"
     assert stage3.seed not in (stage1.seed, stage2.seed)
     assert (stage3.data, stage3.loss, stage3.prompts) == (stage1.data, stage1.loss, stage1.prompts)
     sam = build_sam("lite", image_size=128)
@@ -135,7 +136,7 @@ def test_embedded_stage3_trains_the_top_of_the_backbone_from_stage2_at_decayed_r
 def test_embedded_stage4_continues_stage3_on_other_data_with_its_trainable_layers():
     stage3, stage4 = load_config(CONFIGS / "embedded_stage3.yaml"), load_config(CONFIGS / "embedded_stage4.yaml")
     earlier_seeds = {load_config(CONFIGS / f"{name}.yaml").seed for name in ("embedded", "embedded_stage2")}
-    assert stage4.model.init == "runs/embedded-stage3/stage3.safetensors"
+    assert stage4.model.init == "runs/embedded-stage3/final.safetensors"
     assert stage4.seed not in earlier_seeds | {stage3.seed}
     assert (stage4.data, stage4.loss, stage4.prompts) == (stage3.data, stage3.loss, stage3.prompts)
     assert stage4.model.freeze == stage3.model.freeze and stage4.optim.layer_decay == stage3.optim.layer_decay
@@ -146,7 +147,7 @@ def test_embedded_stage5_continues_stage3_at_a_fifth_of_its_rate_on_other_data()
     stage3, stage5 = load_config(CONFIGS / "embedded_stage3.yaml"), load_config(CONFIGS / "embedded_stage5.yaml")
     earlier_seeds = {load_config(CONFIGS / f"{name}.yaml").seed
                      for name in ("embedded", "embedded_stage2", "embedded_stage3", "embedded_stage4")}
-    assert stage5.model.init == "runs/embedded-stage3/stage3.safetensors"
+    assert stage5.model.init == "runs/embedded-stage3/final.safetensors"
     assert stage5.seed not in earlier_seeds
     assert (stage5.data, stage5.loss, stage5.prompts) == (stage3.data, stage3.loss, stage3.prompts)
     assert stage5.model.freeze == stage3.model.freeze and stage5.optim.layer_decay == stage3.optim.layer_decay
@@ -155,7 +156,7 @@ def test_embedded_stage5_continues_stage3_at_a_fifth_of_its_rate_on_other_data()
 
 def test_embedded_iou_config_trains_the_iou_head_alone_on_first_prompts_of_real_objects():
     config = load_config(CONFIGS / "embedded_iou.yaml")
-    assert config.model.init == "runs/embedded-stage5/stage5.safetensors" and config.prompts.rounds == 1
+    assert config.model.init == "runs/embedded-stage5/final.safetensors" and config.prompts.rounds == 1
     assert [source.kind for source in config.data.sources] == ["dataset"]
     sam = build_sam("lite", image_size=128)
     assert set(optimiser_rates(sam, config)) == {id(p) for p in sam.mask_decoder.iou_prediction_head.parameters()}
@@ -163,6 +164,6 @@ def test_embedded_iou_config_trains_the_iou_head_alone_on_first_prompts_of_real_
 
 def test_embedded_real_config_fine_tunes_stage3_past_its_encoder_on_real_objects_alone():
     stage3, real = load_config(CONFIGS / "embedded_stage3.yaml"), load_config(CONFIGS / "embedded_real.yaml")
-    assert real.model.init == "runs/embedded-stage3/stage3.safetensors" and real.model.freeze == ["image_encoder"]
+    assert real.model.init == "runs/embedded-stage3/final.safetensors" and real.model.freeze == ["image_encoder"]
     assert [(source.kind, source.path) for source in real.data.sources] == [("dataset", "../shared/datasets/COCO_MVal")]
     assert (real.loss, real.prompts) == (stage3.loss, stage3.prompts) and real.optim.lr < stage3.optim.lr

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from segany.build import build_sam
 from segany.train.checkpoint import list_checkpoints
@@ -84,6 +85,18 @@ def test_resumed_run_reproduces_the_uninterrupted_run(uninterrupted, tmp_path):
     assert_same_weights(tmp_path / "final.safetensors", uninterrupted / "final.safetensors")
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
+
+
+def test_float16_weights_are_the_runs_weights_rounded(uninterrupted, tmp_path):
+    """``weights_dtype: fp16`` (the embedded model's release form) saves the same run in half the bytes."""
+    final = train(fast_config(weights_dtype="fp16"), tmp_path, dataset=synthetic_samples())
+    stored = load_file(final)
+    assert {value.dtype for value in stored.values() if value.is_floating_point()} == {torch.float16}
+    full, half = weights(uninterrupted / "final.safetensors"), weights(final)
+    assert full.keys() == half.keys()
+    for key, value in half.items():
+        assert torch.equal(value, full[key].half().to(full[key].dtype)), key
+    assert final.stat().st_size < 0.6 * (uninterrupted / "final.safetensors").stat().st_size
 
 
 def test_two_gloo_processes_give_the_weights_of_one_process(uninterrupted, tmp_path):
