@@ -33,15 +33,42 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def page_faults_of_ten_prompts(keep: str) -> int:
+# The image encoder's activations: vit_b's MLP makes two 4096 x 3072 float tensors (48 MB each)
+# in every block, past glibc's largest mapping threshold (32 MiB). Ten blocks to warm up (the
+# heap grows to its working size), then the faults of ten more.
+LARGE_PROBE = """
+import resource
+import torch
+import segany.modeling
+torch.set_grad_enabled(False)
+torch.manual_seed(0)
+mlp = torch.nn.Sequential(torch.nn.Linear(768, 3072), torch.nn.GELU(), torch.nn.Linear(3072, 768))
+x = torch.randn(4096, 768)
+for _ in range(10):
+    x = x + mlp(x)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    x = x + mlp(x)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def page_faults(probe: str, keep: str) -> int:
     environment = {**os.environ, OPT_OUT_VARIABLE: keep}
-    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, env=environment)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=environment)
     return int(result.stdout)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's (mallopt)")
 def test_prompts_reuse_freed_memory_instead_of_faulting_it_in_again():
-    kept, returned = page_faults_of_ten_prompts("1"), page_faults_of_ten_prompts("0")
+    kept, returned = page_faults(PROBE, "1"), page_faults(PROBE, "0")
     # glibc's defaults hand each prompt's larger temporaries back: thousands of faults a prompt.
     assert returned > 10 * 1000, f"only {returned} faults with glibc's defaults: the probe does not exercise them"
+    assert kept < returned / 10, f"{kept} page faults with freed memory kept, {returned} without"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's (mallopt)")
+def test_blocks_past_the_largest_mapping_threshold_are_reused_too():
+    kept, returned = page_faults(LARGE_PROBE, "1"), page_faults(LARGE_PROBE, "0")
+    assert returned > 10 * 10_000, f"only {returned} faults with glibc's defaults: the probe does not exercise them"
     assert kept < returned / 10, f"{kept} page faults with freed memory kept, {returned} without"
