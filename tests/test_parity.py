@@ -138,14 +138,12 @@ def test_upscaling_in_chunks_of_token_rows_gives_the_batch_pass_values(predictor
     extent = model.low_res_extent(ours.input_size) if use_extent else None
     with torch.inference_mode():
         decoded = decoder.decode(ours.features, model.prompt_encoder.get_dense_pe(), sparse, dense)
-        height, width = decoded.grid
-        if extent is not None:
-            height, width = min(height, -(-extent[0] // 4)), min(width, -(-extent[1] // 4))
-        tokens = decoded.image_tokens.view(3, *decoded.grid, -1)[:, :height, :width].reshape(3, height * width, -1)
-        layers = decoder._upscaling_layers()
-        one_pass = decoder._mask_blocks(tokens, decoded.hyper_in, height, width, layers).reshape(3, -1, 4 * height, 4 * width)
+        with monkeypatch.context() as patch:
+            patch.setattr(mask_decoder, "_upscaled_in_chunks", lambda *tensors: False)  # as on a GPU
+            one_pass = decoder.upscale_masks(decoded, extent)
+        token_rows, width = one_pass.shape[-2] // 4, decoded.grid[1]
         monkeypatch.setattr(mask_decoder, "UPSCALE_CHUNK_TOKENS", 3 * width)
-        assert height % 3 != 0
+        assert token_rows % 3 != 0
         chunked = decoder.upscale_masks(decoded, extent)
     # Matmuls over fewer rows may take other kernels, which round differently.
     assert chunked.shape == one_pass.shape

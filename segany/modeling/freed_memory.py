@@ -11,8 +11,9 @@ the threshold, so mapping is turned off) and trimming the heap only once 256 MiB
 top keeps them: the next prompt reuses the same pages. The image encoder gains as much: vit_b's
 qkv and MLP activations (38-50 MB a block) faulted 350,000-500,000 pages, ~0.8 s of kernel time,
 into every embedding. Peak memory is about unchanged (what is kept was in use a moment before);
-what changes is that up to 256 MiB stay resident after a peak. The setting is the process's, like flush-to-zero (:mod:`segany.modeling.subnormals`);
-``SEGANY_KEEP_FREED_MEMORY=0`` leaves glibc's defaults alone.
+what changes is that up to 256 MiB stay resident after a peak. The setting is the process's,
+like flush-to-zero (:mod:`segany.modeling.subnormals`); ``SEGANY_KEEP_FREED_MEMORY=0`` leaves
+glibc's defaults alone.
 """
 
 from __future__ import annotations
