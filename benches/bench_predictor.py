@@ -5,6 +5,12 @@ Ratios are official time / segany time (higher is better for segany), and offici
 memory / segany peak memory. ``--ours default`` runs segany's embedded model instead (the
 official side keeps --model), against its targets: <= 1 s to embed the photo, <= 20 ms a prompt.
 
+A second table gives each side's arithmetic (GFLOP of matrix products, convolutions and
+attention, counted with ``segany.speed.flops.FlopCounter``; segany's ``set_image`` includes the
+decoder's per-image projections), the rate each side achieved, and the time segany's
+arithmetic would take at this machine's float32 matmul rate (measured in each side's process;
+the predict figure leaves out the masks' resizing to the photo, which is not matrix work).
+
     python benches/bench_predictor.py [--model vit_b] [--ours default] [--encoder-runs 3] [--prompts 20]
 """
 
@@ -20,6 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import SAMPLE_IMAGE, kernel_cpu_s, peak_rss_mib, print_table, random_checkpoint, run_side, timed  # noqa: E402
+
+from segany.speed.flops import FlopCounter, matmul_rate  # noqa: E402
 
 
 EMBEDDED_TARGETS = {"encoder_s": 1.0, "predict_s": 0.020}
@@ -48,7 +56,30 @@ def measure(side: str, checkpoint: str, model_type: str, encoder_runs: int, prom
 
     ask()  # warm-up
     predict = timed(ask, prompts)
-    return {"encoder_s": encoder, "predict_s": predict, "peak_mib": peak_rss_mib(), "kernel_s": kernel_cpu_s()}
+    results = {"encoder_s": encoder, "predict_s": predict, "peak_mib": peak_rss_mib(), "kernel_s": kernel_cpu_s()}
+    # Arithmetic last, so that the counted runs touch neither the timings nor the peak memory.
+    with FlopCounter() as counted:
+        predictor.set_image(image)
+    results["encoder_flops"] = counted.total
+    with FlopCounter() as counted:
+        ask()
+    return results | {"predict_flops": counted.total, "matmul_flops_per_s": matmul_rate()}
+
+
+def print_arithmetic(official: dict, ours: dict) -> None:
+    """Each side's arithmetic (matrix products, convolutions, attention) and the rate it ran at,
+    against this machine's float32 matmul rate measured in the same process: where a time ratio
+    comes from, fewer operations or faster ones, and how far each side is from the machine."""
+    print(f"{'arithmetic':<40}{'official':>12}{'segany':>12}{'ratio':>9}")
+    for stage, unit, scale in (("encoder", "s", 1.0), ("predict", "ms", 1e3)):
+        flops = official[f"{stage}_flops"], ours[f"{stage}_flops"]
+        print(f"{stage + ' GFLOP':<40}{flops[0] / 1e9:>12.3f}{flops[1] / 1e9:>12.3f}{flops[0] / flops[1]:>8.2f}x")
+        rates = [side[f"{stage}_flops"] / side[f"{stage}_s"] / 1e9 for side in (official, ours)]
+        print(f"{stage + ' GFLOP/s achieved':<40}{rates[0]:>12.1f}{rates[1]:>12.1f}")
+        floor = flops[1] / ours["matmul_flops_per_s"] * scale
+        print(f"{'  segany ' + stage + ' at the matmul rate':<40}{'':>12}{floor:>10.3f}{unit:>2}")
+    machine = official["matmul_flops_per_s"] / 1e9, ours["matmul_flops_per_s"] / 1e9
+    print(f"{'machine matmul GFLOP/s (4096x768x3072)':<40}{machine[0]:>12.1f}{machine[1]:>12.1f}")
 
 
 def main() -> None:
@@ -79,6 +110,7 @@ def main() -> None:
         ("peak memory (RSS)", official["peak_mib"], ours["peak_mib"], "M"),
         ("kernel CPU time, whole side (page faults)", official["kernel_s"], ours["kernel_s"], "s"),
     ])
+    print_arithmetic(official, ours)
     if args.ours:
         for name, target in EMBEDDED_TARGETS.items():
             verdict = "met" if ours[name] <= target else "missed"
