@@ -11,13 +11,18 @@ decoder's per-image projections), the rate each side achieved, and the time sega
 arithmetic would take at this machine's float32 matmul rate (measured in each side's process;
 the predict figure leaves out the masks' resizing to the photo, which is not matrix work).
 
-    python benches/bench_predictor.py [--model vit_b] [--ours default] [--encoder-runs 3] [--prompts 20]
+    python benches/bench_predictor.py [--model vit_b] [--ours default] [--encoder-runs 3] [--prompts 20] [--rounds 1]
+
+``--rounds N`` runs the pair N times, alternating which side goes first, prints each round's
+ratios and then the table of each measure's median over the rounds: on a machine whose speed
+drifts between minutes, that keeps one side from taking all of a slow spell.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -66,6 +71,11 @@ def measure(side: str, checkpoint: str, model_type: str, encoder_runs: int, prom
     return results | {"predict_flops": counted.total, "matmul_flops_per_s": matmul_rate()}
 
 
+def medians(runs: list[dict]) -> dict:
+    """Each measure's median over runs of one side."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def print_arithmetic(official: dict, ours: dict) -> None:
     """Each side's arithmetic (matrix products, convolutions, attention) and the rate it ran at,
     against this machine's float32 matmul rate measured in the same process: where a time ratio
@@ -90,6 +100,7 @@ def main() -> None:
     parser.add_argument("--ours", choices=["default"], help="segany side: the embedded model instead of --model")
     parser.add_argument("--encoder-runs", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1, help="pairs of runs, sides alternating first")
     args = parser.parse_args()
     if args.side:
         torch.set_grad_enabled(False)
@@ -99,8 +110,16 @@ def main() -> None:
     common = ["--checkpoint", str(checkpoint), "--model", args.model,
               "--encoder-runs", str(args.encoder_runs), "--prompts", str(args.prompts)]
     common += ["--ours", args.ours] if args.ours else []
-    results = {side: run_side(Path(__file__), side, *common) for side in ("official", "segany")}
-    official, ours = results["official"], results["segany"]
+    rounds = []
+    for index in range(args.rounds):
+        order = ("official", "segany") if index % 2 == 0 else ("segany", "official")
+        rounds.append({side: run_side(Path(__file__), side, *common) for side in order})
+        if args.rounds > 1:
+            pair = rounds[-1]
+            print(f"round {index + 1} ({order[0]} first): encoder {pair['official']['encoder_s']:.2f} / "
+                  f"{pair['segany']['encoder_s']:.2f} s, predict {pair['official']['predict_s'] * 1e3:.1f} / "
+                  f"{pair['segany']['predict_s'] * 1e3:.1f} ms (official / segany)", flush=True)
+    official, ours = (medians([pair[side] for pair in rounds]) for side in ("official", "segany"))
     segany_side = "the embedded model" if args.ours else f"{args.model}, random weights"
     print(f"official {args.model} (random weights) vs segany {segany_side}, {SAMPLE_IMAGE.name}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
