@@ -1,4 +1,4 @@
-"""The FLOP counter behind benches/bench_flops.py, and segany's arithmetic against the official one."""
+"""The FLOP counter behind the arithmetic table of benches/bench_predictor.py, and segany's arithmetic against the official one."""
 
 from __future__ import annotations
 

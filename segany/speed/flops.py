@@ -21,8 +21,9 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import flop_registry
 
 
-def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-    """CPU flash attention: Q K^T and then the weights times V, 2 FLOPs per multiply-add."""
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_val=None, **kwargs) -> int:
+    """CPU flash attention: Q K^T and then the weights times V, 2 FLOPs per multiply-add (called
+    as torch's own formulas are, with the output's shape as ``out_val``)."""
     *batch, queries, width = query_shape
     keys, value_width = key_shape[-2], value_shape[-1]
     return 2 * int(torch.Size(batch).numel()) * queries * keys * (width + value_width)
@@ -61,11 +62,7 @@ class FlopCounter(TorchDispatchMode):
         packet = func._overloadpacket
         formula = flop_registry.get(packet) or _EXTRA_FORMULAS.get(packet)
         if formula is not None:
-            shapes, kwarg_shapes = tree_map(_shape, args), tree_map(_shape, kwargs)
-            if packet in _EXTRA_FORMULAS:
-                flops = formula(*shapes, **kwarg_shapes)
-            else:
-                flops = formula(*shapes, **kwarg_shapes, out_val=tree_map(_shape, out))
+            flops = formula(*tree_map(_shape, args), **tree_map(_shape, kwargs), out_val=tree_map(_shape, out))
             self.by_op[str(packet)] += int(flops)
         return out
 
