@@ -10,15 +10,20 @@ within each crop and then across crops; small holes and islands can be cleaned u
 defaults and record keys, and the same records on the same weights. It is faster because
 it never builds what it throws away: masks are filtered by predicted IoU before the
 decoder's feature upscaling runs (it runs only for prompts with a confident mask), only
-survivors are upscaled to pixels (in memory-bounded chunks), stability is counted on a
-reused scratch buffer, masks are kept bit-packed until NMS has picked the survivors, and
-only those are RLE-encoded, in one pycocotools call.
+survivors are upscaled to pixels (in memory-bounded chunks), stability scores and boxes
+come out of the same pass that resizes the masks, masks are kept bit-packed until NMS has picked the survivors, and
+only those are RLE-encoded, in one pycocotools call. On the CPU a crop's prompt batches run
+in parallel streams (:func:`map_in_streams`), each on its own core, which their many small
+operations use better than one batch at a time across all cores.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
@@ -52,6 +57,13 @@ DECODE_BATCH_CPU = 4
 
 # A mask whose box lies within this many pixels of a crop's inner edge was cut by the crop.
 CROP_EDGE_TOLERANCE = 20.0
+
+# On CPU the prompt batches of a crop run in this many streams at most, each a thread with its
+# share of PyTorch's threads. A prompt is ~100 small operations (LayerNorms, softmaxes, skinny
+# matmuls over 4,096 image tokens) that gain little from a second thread each, while two
+# prompts on two cores run at twice the speed of one. More streams would hold more batches'
+# logits at once for little gain.
+MAX_PROMPT_STREAMS = 4
 
 
 def point_grid(points_per_side: int) -> np.ndarray:
@@ -190,6 +202,38 @@ class MaskCandidates:
         )
 
 
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``count`` for the block (it is process-wide, and
+    a thread started inside the block takes it for its life), then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def map_in_streams(
+    work: Callable[[Any, int], MaskCandidates], items: Sequence[Any], device: torch.device
+) -> list[MaskCandidates]:
+    """``[work(item, upscale_chunk_bytes) for item in items]``, in order; on CPU, in up to
+    :data:`MAX_PROMPT_STREAMS` threads that split PyTorch's threads between them (the kernels
+    release the GIL). Each call is the same computation whatever thread runs it, so the
+    results are the serial ones; the upscaling budget is split so that peak memory stays."""
+    streams = min(MAX_PROMPT_STREAMS, torch.get_num_threads(), len(items)) if device.type == "cpu" else 1
+    if streams <= 1:
+        return [work(item, UPSCALE_CHUNK_BYTES) for item in items]
+    chunk_bytes = UPSCALE_CHUNK_BYTES // streams
+
+    def in_stream(item: Any) -> MaskCandidates:
+        with torch.inference_mode():  # grad mode is per thread
+            return work(item, chunk_bytes)
+
+    with torch_threads(torch.get_num_threads() // streams), ThreadPoolExecutor(streams) as pool:
+        return list(pool.map(in_stream, items))
+
+
 def pack_masks(masks: np.ndarray) -> np.ndarray:
     """Bit-pack n x h x w bool masks into n rows of bytes (8x smaller, fast to unpack)."""
     count, height, width = masks.shape
@@ -311,12 +355,12 @@ class SamAutomaticMaskGenerator:
         image_side = model.mask_decoder.image_side(self.predictor.features, image_pe, no_mask)
 
         points = self.point_grids[layer] * np.array(crop.shape[:2])[None, ::-1]
-        parts = [
-            self._batch_candidates(
-                points[start : start + self.points_per_batch], crop_box, image.shape[:2], image_pe, image_side
-            )
-            for start in range(0, len(points), self.points_per_batch)
-        ]
+        batches = [points[start : start + self.points_per_batch] for start in range(0, len(points), self.points_per_batch)]
+
+        def batch_candidates(batch: np.ndarray, upscale_chunk_bytes: int) -> MaskCandidates:
+            return self._batch_candidates(batch, crop_box, image.shape[:2], image_pe, image_side, upscale_chunk_bytes)
+
+        parts = map_in_streams(batch_candidates, batches, self.predictor.device)
         self.predictor.reset_image()
         candidates = MaskCandidates.concatenate(parts)
         return candidates.select(box_nms(candidates.boxes, candidates.iou_predictions, self.box_nms_thresh))
@@ -328,8 +372,10 @@ class SamAutomaticMaskGenerator:
         image_size: tuple[int, int],
         image_pe: torch.Tensor,
         image_side: Any,
+        upscale_chunk_bytes: int = UPSCALE_CHUNK_BYTES,
     ) -> MaskCandidates:
-        """Decode a batch of points; keep confident, stable masks not cut by the crop edge."""
+        """Decode a batch of points; keep confident, stable masks not cut by the crop edge,
+        upscaling at most ``upscale_chunk_bytes`` of logits at a time."""
         predictor = self.predictor
         crop_size = predictor.original_size
         coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), device=predictor.device)
@@ -348,7 +394,7 @@ class SamAutomaticMaskGenerator:
         low_res = low_res.flatten(0, 1)
         height, width = crop_size
         floats_per_mask = predictor.input_size[0] * predictor.input_size[1] + height * width
-        chunk = max(1, UPSCALE_CHUNK_BYTES // (4 * floats_per_mask))
+        chunk = max(1, upscale_chunk_bytes // (4 * floats_per_mask))
         parts = [
             self._filter_by_pixels(
                 low_res[rows[start : start + chunk]], iou_predictions, points, kept[start : start + chunk],

@@ -170,3 +170,41 @@ def test_generate_leaves_predictor_reusable_and_is_deterministic(structured_mode
     second = generator.generate(image)
     assert_same_records(first, second)
     assert not generator.predictor.is_image_set
+
+
+def test_prompt_streams_give_the_serial_records_and_restore_threads(random_models, image, monkeypatch):
+    """On CPU the prompt batches run in parallel streams (one PyTorch thread each here): the
+    records are those of one batch after another, and PyTorch's thread count is as it was."""
+    import torch
+
+    from segany import automask
+
+    _, our_model = random_models
+    settings = dict(
+        pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_side=8, points_per_batch=8, box_nms_thresh=1.0,
+        crop_n_layers=1, crop_nms_thresh=1.0,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(automask, "MAX_PROMPT_STREAMS", 1)
+        serial = SamAutomaticMaskGenerator(our_model, **settings).generate(image)
+        monkeypatch.setattr(automask, "MAX_PROMPT_STREAMS", 2)
+        batches_seen_by = set()
+        run_batch = SamAutomaticMaskGenerator._batch_candidates
+
+        def spy(self, *args, **kwargs):
+            import threading
+
+            batches_seen_by.add((threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()))
+            return run_batch(self, *args, **kwargs)
+
+        monkeypatch.setattr(SamAutomaticMaskGenerator, "_batch_candidates", spy)
+        streamed = SamAutomaticMaskGenerator(our_model, **settings).generate(image)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert len({thread for thread, _, _ in batches_seen_by}) == 2
+    assert {(count, inference) for _, count, inference in batches_seen_by} == {(1, True)}
+    assert len(serial) >= 3 * 64  # the whole image's masks at least (random masks touch crop edges)
+    assert_same_records(serial, streamed)
