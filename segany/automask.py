@@ -9,7 +9,9 @@ within each crop and then across crops; small holes and islands can be cleaned u
 :class:`SamAutomaticMaskGenerator` is a drop-in for the official one: same arguments,
 defaults and record keys, and the same records on the same weights. It is faster because
 it never builds what it throws away: masks are filtered by predicted IoU before the
-decoder's feature upscaling runs (it runs only for prompts with a confident mask), only
+decoder's feature upscaling runs (it runs only for prompts with a confident mask), masks
+that reach into a crop's inner-edge strip (which the crop-edge filter would drop) are found
+from the few image tokens under the strip and never upscaled whole, only
 survivors are upscaled to pixels (in memory-bounded chunks), stability scores and boxes
 come out of the same pass that resizes the masks, masks are kept bit-packed until NMS has picked the survivors, and
 only those are RLE-encoded, in one pycocotools call. On the CPU a crop's prompt batches run
@@ -58,6 +60,10 @@ DECODE_BATCH_CPU = 4
 # A mask whose box lies within this many pixels of a crop's inner edge was cut by the crop.
 CROP_EDGE_TOLERANCE = 20.0
 
+# A mask is dropped as cut by a crop edge before its upscaling only on pixels whose logit clears
+# the mask threshold by this fraction of the largest logit read: far above any rounding.
+EDGE_PIXEL_MARGIN = 1e-3
+
 # On CPU the prompt batches of a crop run in this many streams at most, each a thread with its
 # share of PyTorch's threads. A prompt is ~100 small operations (LayerNorms, softmaxes, skinny
 # matmuls over 4,096 image tokens) that gain little from a second thread each, while two
@@ -96,6 +102,28 @@ def crop_boxes(
             boxes.append([x0, y0, min(x0 + crop_w, width), min(y0 + crop_h, height)])
             layers.append(layer)
     return boxes, layers
+
+
+def crop_edge_strips(crop_box: list[int], image_size: tuple[int, int]) -> list[tuple[range, range]]:
+    """Rows x columns windows of a crop (in its frame) in which any pixel of a mask makes the
+    mask's box end within :data:`CROP_EDGE_TOLERANCE` of an edge of the crop that is far from
+    the image's edge, so that :func:`boxes_near_crop_edge` drops it: the strips along the inner
+    edges (none for the whole image)."""
+    x0, y0, x1, y1 = crop_box
+    height, width = image_size
+    crop_h, crop_w = y1 - y0, x1 - x0
+    reach = math.floor(CROP_EDGE_TOLERANCE)
+    rows, columns = range(crop_h), range(crop_w)
+    strips = []
+    if x0 > reach:  # a box starting in the first reach + 1 columns starts near x0, far from 0
+        strips.append((rows, range(min(reach + 1, crop_w))))
+    if y0 > reach:
+        strips.append((range(min(reach + 1, crop_h)), columns))
+    if x1 <= width - reach:  # one ending in the last reach columns ends near x1, far from width
+        strips.append((rows, range(max(0, crop_w - reach), crop_w)))
+    if y1 <= height - reach:
+        strips.append((range(max(0, crop_h - reach), crop_h), columns))
+    return strips
 
 
 def boxes_near_crop_edge(boxes: torch.Tensor, crop_box: list[int], image_size: tuple[int, int]) -> torch.Tensor:
@@ -379,14 +407,13 @@ class SamAutomaticMaskGenerator:
         predictor = self.predictor
         crop_size = predictor.original_size
         coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), device=predictor.device)
-        iou_predictions, upscaled, low_res = self._decode(coords, image_pe, image_side)
+        edge_strips = crop_edge_strips(crop_box, image_size) if predictor.device.type == "cpu" else []
+        iou_predictions, keep, upscaled, low_res = self._decode(coords, image_pe, image_side, edge_strips)
         per_point = iou_predictions.shape[1]
         iou_predictions = iou_predictions.flatten().float()
         points = torch.as_tensor(points.repeat(per_point, axis=0))
 
-        kept = torch.arange(len(iou_predictions), device=iou_predictions.device)
-        if self.pred_iou_thresh > 0.0:
-            kept = kept[iou_predictions > self.pred_iou_thresh]
+        kept = keep.flatten().nonzero()[:, 0]
         # Where each kept mask's logits are among the upscaled prompts' (every kept mask's prompt was).
         row_of_prompt = torch.full((len(coords),), -1, dtype=torch.long, device=kept.device)
         row_of_prompt[upscaled] = torch.arange(len(upscaled), device=kept.device)
@@ -405,35 +432,45 @@ class SamAutomaticMaskGenerator:
         return MaskCandidates.concatenate(parts) if parts else MaskCandidates.empty(crop_box)
 
     def _decode(
-        self, coords: torch.Tensor, image_pe: torch.Tensor, image_side: Any
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode single foreground points (N x 2): predicted IoUs (N x 3), and low-res logits
-        (K x 3 x h x w, cut to the :meth:`Sam.low_res_extent` of the crop) for the K prompts
-        (indices, K) with a mask above ``pred_iou_thresh``.
+        self, coords: torch.Tensor, image_pe: torch.Tensor, image_side: Any, edge_strips: list[tuple[range, range]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode single foreground points (N x 2): predicted IoUs (N x 3); which masks may
+        become records (N x 3: above ``pred_iou_thresh``, and not cut by the crop's edge as
+        seen in its ``edge_strips``, :func:`crop_edge_strips`); and low-res logits (K x 3 x h x w,
+        cut to the :meth:`Sam.low_res_extent` of the crop) for the K prompts (indices, K) with
+        such a mask.
 
-        Confidence needs only the transformer: the other prompts' masks are never upscaled,
-        which is half the decoder's work.
+        Confidence needs only the transformer, and a pixel in an edge strip only the image
+        tokens that reach it: the other prompts' masks are never upscaled, which is half the
+        decoder's work.
         """
         model = self.predictor.model
         decoder = model.mask_decoder
         step = DECODE_BATCH_CPU if coords.device.type == "cpu" else len(coords)
         extent = model.low_res_extent(self.predictor.input_size)
-        ious, upscaled, low_res = [], [], []
+        ious, keeps, upscaled, low_res = [], [], [], []
         for start in range(0, len(coords), step):
             points = coords[start : start + step, None, :]
             labels = torch.ones(points.shape[:2], dtype=torch.int, device=coords.device)
             sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
             decoded = decoder.decode(self.predictor.features, image_pe, sparse, dense, image_side, multimask_output=True)
             iou = decoded.iou_predictions
-            wanted = torch.arange(len(iou), device=iou.device)
-            if self.pred_iou_thresh > 0.0:
-                wanted = wanted[(iou > self.pred_iou_thresh).any(dim=1)]
+            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+            for rows, columns in edge_strips:
+                if keep.any():
+                    in_strip = model.masks_in_window(
+                        decoded, self.predictor.input_size, self.predictor.original_size, rows, columns,
+                        EDGE_PIXEL_MARGIN,
+                    )
+                    keep &= ~in_strip.flatten(2).any(dim=2)
+            wanted = keep.any(dim=1).nonzero()[:, 0]
             ious.append(iou)
+            keeps.append(keep)
             upscaled.append(start + wanted)
             if len(wanted):
                 low_res.append(decoder.upscale_masks(decoded.select(wanted), extent))
         empty = torch.zeros(0, ious[0].shape[1], *extent, device=coords.device)
-        return torch.cat(ious), torch.cat(upscaled), torch.cat(low_res) if low_res else empty
+        return torch.cat(ious), torch.cat(keeps), torch.cat(upscaled), torch.cat(low_res) if low_res else empty
 
     def _filter_by_pixels(
         self,

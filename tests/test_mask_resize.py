@@ -165,3 +165,34 @@ def test_sam_tallied_postprocessing_equals_pytorchs_kernels(monkeypatch):
     assert torch.equal(boxes, expected[2])
     torch.testing.assert_close(stability, expected[1], equal_nan=True, rtol=0, atol=0)
     assert torch.isnan(stability[2])  # an empty mask has no stability, as in the official package
+
+
+@pytest.mark.parametrize("low_res, input_size, original_size", PHOTO_GEOMETRIES + SMALL_GEOMETRIES)
+def test_a_window_resized_from_its_sources_alone_is_that_window_of_the_whole(low_res, input_size, original_size):
+    """Edge strips and an inner patch, each resized from only the logits window_sources names
+    (plus a margin, as a caller cutting whole tokens has), equal the whole resize's pixels."""
+    generator = torch.Generator().manual_seed(3)
+    planes = torch.randn(3, *low_res, generator=generator).numpy()
+    whole = upscale_planes(planes, 4.0, input_size, original_size, threshold=0.1)
+    height, width = original_size
+    edge = min(21, height, width)
+    windows = [
+        (range(height), range(edge)),
+        (range(height), range(width - edge, width)),
+        (range(edge), range(width)),
+        (range(height - edge, height), range(width)),
+        (range(height // 3, height // 2 + 1), range(width // 4, width // 2 + 1)),
+    ]
+    for rows, columns in windows:
+        low_rows, low_columns = mask_resize.window_sources(low_res, 4.0, input_size, original_size, rows, columns)
+        assert len(low_rows) < low_res[0] or len(rows) == height
+        top, left = max(0, low_rows.start - 2), max(0, low_columns.start - 3)
+        part = planes[:, top : low_rows.stop + 1, left : low_columns.stop + 2]
+        window = mask_resize.upscale_window(
+            part, (top, left), low_res, 4.0, input_size, original_size, rows, columns, threshold=0.1
+        )
+        np.testing.assert_array_equal(window, whole[:, rows.start : rows.stop, columns.start : columns.stop])
+    with pytest.raises(ValueError, match="do not cover"):
+        mask_resize.upscale_window(
+            planes[:, 1:], (1, 0), low_res, 4.0, input_size, original_size, range(height), range(edge), 0.1
+        )

@@ -26,6 +26,8 @@ from segany.modeling.transformer import ImageSide, TwoWayTransformer
 
 # Image tokens upscaled at once on the CPU: 1,024 tokens' features (6 MB) stay in the cache.
 UPSCALE_CHUNK_TOKENS = 1024
+# Low-res logits per image token along each axis: two stride-2 transposed convolutions.
+LOW_RES_PER_TOKEN = 4
 
 
 @dataclass
@@ -36,6 +38,20 @@ class DecodedPrompts:
     image_tokens: torch.Tensor  # B x HW x C
     iou_predictions: torch.Tensor  # B x M
     grid: tuple[int, int]  # H, W of the image tokens
+
+    def window(self, rows: range, columns: range) -> DecodedPrompts:
+        """The prompts with only the image tokens in ``rows`` x ``columns`` of the grid, whose
+        :meth:`MaskDecoder.upscale_masks` is that window of the masks' (each token makes
+        its own 4 x 4 block of low-res logits)."""
+        height, width = self.grid
+        tokens = self.image_tokens.view(len(self.image_tokens), height, width, -1)
+        tokens = tokens[:, rows.start : rows.stop, columns.start : columns.stop]
+        return DecodedPrompts(
+            hyper_in=self.hyper_in,
+            image_tokens=tokens.reshape(len(tokens), len(rows) * len(columns), -1),
+            iou_predictions=self.iou_predictions,
+            grid=(len(rows), len(columns)),
+        )
 
     def select(self, index: torch.Tensor) -> DecodedPrompts:
         """The prompts at ``index`` (indices or a bool mask over the batch), in that order."""
@@ -189,6 +205,18 @@ class MaskDecoder(nn.Module):
                 )
                 out[prompt : prompt + 1, :, 4 * top : 4 * (top + count)].view(blocks.shape).copy_(blocks)
         return out
+
+    def upscale_window(
+        self, decoded: DecodedPrompts, rows: range, columns: range
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The low-res logits of the whole tokens that cover low-res ``rows`` x ``columns``, and
+        the low-res row and column where they start: the values of :meth:`upscale_masks` there,
+        for a fraction of its work."""
+        per_token = LOW_RES_PER_TOKEN
+        token_rows = range(rows.start // per_token, (rows.stop - 1) // per_token + 1)
+        token_columns = range(columns.start // per_token, (columns.stop - 1) // per_token + 1)
+        logits = self.upscale_masks(decoded.window(token_rows, token_columns))
+        return logits, (per_token * token_rows.start, per_token * token_columns.start)
 
     def _upscaling_layers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Both transposed convolutions as matmul weights and biases (made once per upscaling,

@@ -224,24 +224,105 @@ def _upscale(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The resized planes (logits, or masks with a ``threshold``) and, with ``cutoffs``, each
     band's tally (see :func:`_mix_rows_tallied`), planes x bands x 6."""
+    height, width = planes.shape[-2:]
+    whole = (range(original_size[0]), range(original_size[1]))
+    taps = [_axis_taps(length, scale, inner, outer, out, tuple(input_size) != tuple(original_size))
+            for length, inner, outer, out in zip((height, width), input_size, original_size, whole)]
+    return _resize(planes, taps, threshold, cutoffs)
+
+
+def _resize(
+    planes: np.ndarray, taps: list[AxisTaps], threshold: float | None, cutoffs: tuple[float, float] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_upscale` by the rows' and columns' :class:`AxisTaps` (their ``up`` taps index ``planes``)."""
     planes = np.ascontiguousarray(planes, dtype=np.float32)
-    count, height, width = planes.shape
-    input_size, original_size = tuple(input_size), tuple(original_size)
-    up = bilinear_taps(width, input_size[1], scale), bilinear_taps(height, input_size[0], scale)
-    out = np.empty((count, *original_size), dtype=np.float32 if threshold is None else np.bool_)
+    rows, columns = taps
+    count = len(planes)
+    out_size = (rows.out_length, columns.out_length)
+    out = np.empty((count, *out_size), dtype=np.float32 if threshold is None else np.bool_)
     limit = None if threshold is None else np.float32(threshold)
-    bands = -(-original_size[0] // BAND_ROWS)
+    bands = -(-out_size[0] // BAND_ROWS)
     tallies = levels = None
     if cutoffs is not None:
         levels = np.array(cutoffs, dtype=np.float32)
-        tallies = np.tile(np.array([0, 0, original_size[1], original_size[0], -1, -1], dtype=np.int64), (count * bands, 1))
-    if original_size == input_size:
-        _run_split(_upscale_bands, count * bands, out.size, planes, *up, limit, levels, tallies, out, BAND_ROWS)
-    else:
-        photo = bilinear_taps(input_size[1], original_size[1]), bilinear_taps(input_size[0], original_size[0])
-        _run_split(_upscale_resize_bands, count * bands, out.size, planes, *up, *photo, limit, levels, tallies, out,
+        tallies = np.tile(np.array([0, 0, out_size[1], out_size[0], -1, -1], dtype=np.int64), (count * bands, 1))
+    if rows.photo is None:
+        _run_split(_upscale_bands, count * bands, out.size, planes, columns.up, rows.up, limit, levels, tallies, out,
                    BAND_ROWS)
+    else:
+        _run_split(_upscale_resize_bands, count * bands, out.size, planes, columns.up, rows.up, columns.photo,
+                   rows.photo, limit, levels, tallies, out, BAND_ROWS)
     return out, None if tallies is None else tallies.reshape(count, bands, 6)
+
+
+class AxisTaps(NamedTuple):
+    """Along one axis, the taps that give output indices ``out``: ``up`` from the low-res logits
+    to the encoder input, then ``photo`` to the photo (None when the two are the same size),
+    each indexing its source from the first sample that the outputs read."""
+
+    up: Taps
+    photo: Taps | None
+    low: range  # the low-res samples read (``up``'s index 0 is low.start)
+    out_length: int
+
+
+def _axis_taps(low_length: int, scale: float, input_length: int, original_length: int, out: range,
+               resized: bool) -> AxisTaps:
+    """The :class:`AxisTaps` of outputs ``out`` of an axis of ``low_length`` logits."""
+
+    def part(taps: Taps, first: int, stop: int) -> Taps:
+        index = taps.index[:, first:stop]
+        return Taps(np.ascontiguousarray(index), np.ascontiguousarray(taps.weight[:, first:stop]))
+
+    up, photo = bilinear_taps(low_length, input_length, scale), None
+    if resized:
+        photo = part(bilinear_taps(input_length, original_length), out.start, out.stop)
+        first = int(photo.index.min())
+        photo = Taps(photo.index - first, photo.weight)
+        up = part(up, first, int(photo.index.max()) + first + 1)
+    else:
+        up = part(up, out.start, out.stop)
+    low = range(int(up.index.min()), int(up.index.max()) + 1)
+    return AxisTaps(Taps(up.index - low.start, up.weight), photo, low, len(out))
+
+
+def window_sources(
+    low_size: tuple[int, int], scale: float, input_size: tuple[int, int], original_size: tuple[int, int],
+    rows: range, columns: range,
+) -> tuple[range, range]:
+    """The low-res rows and columns (of ``low_size`` logits) that the output window ``rows`` x
+    ``columns`` of :func:`upscale_planes` reads."""
+    resized = tuple(input_size) != tuple(original_size)
+    return tuple(
+        _axis_taps(length, scale, inner, outer, out, resized).low
+        for length, inner, outer, out in zip(low_size, input_size, original_size, (rows, columns))
+    )
+
+
+def upscale_window(
+    planes: np.ndarray,
+    origin: tuple[int, int],
+    low_size: tuple[int, int],
+    scale: float,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    rows: range,
+    columns: range,
+    threshold: float,
+) -> np.ndarray:
+    """The window ``rows`` x ``columns`` of :func:`upscale_planes`'s masks (logits > ``threshold``)
+    of ``low_size`` logits, from only the logits it reads: ``planes`` (n x h x w) holds the
+    logits from row, column ``origin`` on, and must cover :func:`window_sources`. Same
+    arithmetic as the whole resize, so the window's values are the whole one's."""
+    resized = tuple(input_size) != tuple(original_size)
+    taps = []
+    for axis, (length, inner, outer, out) in enumerate(zip(low_size, input_size, original_size, (rows, columns))):
+        axis_taps = _axis_taps(length, scale, inner, outer, out, resized)
+        start = axis_taps.low.start - origin[axis]
+        if start < 0 or start + len(axis_taps.low) > planes.shape[1 + axis]:
+            raise ValueError(f"the logits given do not cover the window's sources ({axis_taps.low} along axis {axis})")
+        taps.append(axis_taps._replace(up=Taps(axis_taps.up.index + start, axis_taps.up.weight)))
+    return _resize(planes, taps, threshold, None)[0]
 
 
 def upscale_planes(

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from segany.modeling.mask_decoder import MaskDecoder
+from segany.modeling.mask_decoder import DecodedPrompts, MaskDecoder
 from segany.modeling.prompt_encoder import PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -120,6 +120,36 @@ class Sam(nn.Module):
             boxes = masks_to_boxes(binary)
         leading = masks.shape[:-2]
         return binary.view(*leading, *binary.shape[-2:]), stability.view(leading), boxes.view(*leading, 4)
+
+    def masks_in_window(
+        self,
+        decoded: DecodedPrompts,
+        input_size: tuple[int, ...],
+        original_size: tuple[int, ...],
+        rows: range,
+        columns: range,
+        margin: float,
+    ) -> torch.Tensor:
+        """The window ``rows`` x ``columns`` of decoded prompts' masks at the original size (B x M x
+        len(rows) x len(columns)), where the logits exceed ``mask_threshold`` by more than
+        ``margin`` times the largest logit the window reads (so that a pixel found set here is set
+        in the whole mask even were the window's arithmetic to round differently). Only the
+        image tokens that the window reads are upscaled. CPU inference only (the resizing is
+        :mod:`segany.modeling.mask_resize`'s)."""
+        from segany.modeling.mask_resize import upscale_window, window_sources
+
+        input_size, original_size = _pair(input_size), _pair(original_size)
+        low_size = self.low_res_extent(input_size)
+        scale = self.low_res_scale
+        low_rows, low_columns = window_sources(low_size, scale, input_size, original_size, rows, columns)
+        logits, origin = self.mask_decoder.upscale_window(decoded, low_rows, low_columns)
+        if not _resized_by_cpu_kernels(logits):
+            raise ValueError("masks_in_window runs on CPU float32 logits outside autograd")
+        batch, masks = logits.shape[:2]
+        threshold = self.mask_threshold + margin * float(logits.abs().max()) if logits.numel() else self.mask_threshold
+        planes = logits.reshape(batch * masks, *logits.shape[-2:]).numpy()
+        window = upscale_window(planes, origin, low_size, scale, input_size, original_size, rows, columns, threshold)
+        return torch.from_numpy(window).view(batch, masks, len(rows), len(columns))
 
     def _low_res_planes(self, masks: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
         """The :meth:`low_res_extent` of ... x h x w logits as N x h' x w' planes."""

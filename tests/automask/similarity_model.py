@@ -74,6 +74,9 @@ class SimilarityDecoder(nn.Module):
     def upscale_masks(self, decoded: SimilarityDecoded, extent=None) -> torch.Tensor:
         return decoded.low_res
 
+    def upscale_window(self, decoded: SimilarityDecoded, rows: range, columns: range):
+        return decoded.low_res[..., rows.start : rows.stop, columns.start : columns.stop], (rows.start, columns.start)
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
