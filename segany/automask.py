@@ -9,14 +9,14 @@ within each crop and then across crops; small holes and islands can be cleaned u
 :class:`SamAutomaticMaskGenerator` is a drop-in for the official one: same arguments,
 defaults and record keys, and the same records on the same weights. It is faster because
 it never builds what it throws away: masks are filtered by predicted IoU before the
-decoder's feature upscaling runs (it runs only for prompts with a confident mask), masks
-that reach into a crop's inner-edge strip (which the crop-edge filter would drop) are found
-from the few image tokens under the strip and never upscaled whole, only
-survivors are upscaled to pixels (in memory-bounded chunks), stability scores and boxes
-come out of the same pass that resizes the masks, masks are kept bit-packed until NMS has picked the survivors, and
-only those are RLE-encoded, in one pycocotools call. On the CPU a crop's prompt batches run
-in parallel streams (:func:`map_in_streams`), each on its own core, which their many small
-operations use better than one batch at a time across all cores.
+decoder's feature upscaling runs (it runs only for prompts with a confident mask); masks
+that reach into a crop's inner-edge strip, which the crop-edge filter would drop, are found
+from the few image tokens under the strip and never upscaled whole; only survivors are
+upscaled to pixels (in memory-bounded chunks); stability scores and boxes come out of the
+pass that resizes the masks; masks are kept bit-packed until NMS has picked the survivors,
+and only those are RLE-encoded, in one pycocotools call. On the CPU a crop's prompt batches
+run in parallel streams (:func:`map_in_streams`), each on its own core, which their many
+small operations use better than one batch at a time across all cores.
 """
 
 from __future__ import annotations
