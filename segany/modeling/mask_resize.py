@@ -224,11 +224,8 @@ def _upscale(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The resized planes (logits, or masks with a ``threshold``) and, with ``cutoffs``, each
     band's tally (see :func:`_mix_rows_tallied`), planes x bands x 6."""
-    height, width = planes.shape[-2:]
     whole = (range(original_size[0]), range(original_size[1]))
-    taps = [_axis_taps(length, scale, inner, outer, out, tuple(input_size) != tuple(original_size))
-            for length, inner, outer, out in zip((height, width), input_size, original_size, whole)]
-    return _resize(planes, taps, threshold, cutoffs)
+    return _resize(planes, _window_taps(planes.shape[-2:], scale, input_size, original_size, *whole), threshold, cutoffs)
 
 
 def _resize(
@@ -286,17 +283,26 @@ def _axis_taps(low_length: int, scale: float, input_length: int, original_length
     return AxisTaps(Taps(up.index - low.start, up.weight), photo, low, len(out))
 
 
+def _window_taps(
+    low_size: tuple[int, int], scale: float, input_size: tuple[int, int], original_size: tuple[int, int],
+    rows: range, columns: range,
+) -> list[AxisTaps]:
+    """The rows' and columns' :class:`AxisTaps` of output window ``rows`` x ``columns``."""
+    resized = tuple(input_size) != tuple(original_size)
+    return [
+        _axis_taps(length, scale, inner, outer, out, resized)
+        for length, inner, outer, out in zip(low_size, input_size, original_size, (rows, columns))
+    ]
+
+
 def window_sources(
     low_size: tuple[int, int], scale: float, input_size: tuple[int, int], original_size: tuple[int, int],
     rows: range, columns: range,
 ) -> tuple[range, range]:
     """The low-res rows and columns (of ``low_size`` logits) that the output window ``rows`` x
     ``columns`` of :func:`upscale_planes` reads."""
-    resized = tuple(input_size) != tuple(original_size)
-    return tuple(
-        _axis_taps(length, scale, inner, outer, out, resized).low
-        for length, inner, outer, out in zip(low_size, input_size, original_size, (rows, columns))
-    )
+    row_taps, column_taps = _window_taps(low_size, scale, input_size, original_size, rows, columns)
+    return row_taps.low, column_taps.low
 
 
 def upscale_window(
@@ -314,10 +320,8 @@ def upscale_window(
     of ``low_size`` logits, from only the logits it reads: ``planes`` (n x h x w) holds the
     logits from row, column ``origin`` on, and must cover :func:`window_sources`. Same
     arithmetic as the whole resize, so the window's values are the whole one's."""
-    resized = tuple(input_size) != tuple(original_size)
     taps = []
-    for axis, (length, inner, outer, out) in enumerate(zip(low_size, input_size, original_size, (rows, columns))):
-        axis_taps = _axis_taps(length, scale, inner, outer, out, resized)
+    for axis, axis_taps in enumerate(_window_taps(low_size, scale, input_size, original_size, rows, columns)):
         start = axis_taps.low.start - origin[axis]
         if start < 0 or start + len(axis_taps.low) > planes.shape[1 + axis]:
             raise ValueError(f"the logits given do not cover the window's sources ({axis_taps.low} along axis {axis})")
