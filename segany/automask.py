@@ -385,8 +385,12 @@ class SamAutomaticMaskGenerator:
         points = self.point_grids[layer] * np.array(crop.shape[:2])[None, ::-1]
         batches = [points[start : start + self.points_per_batch] for start in range(0, len(points), self.points_per_batch)]
 
+        edge_strips = crop_edge_strips(crop_box, image.shape[:2]) if self.predictor.device.type == "cpu" else []
+
         def batch_candidates(batch: np.ndarray, upscale_chunk_bytes: int) -> MaskCandidates:
-            return self._batch_candidates(batch, crop_box, image.shape[:2], image_pe, image_side, upscale_chunk_bytes)
+            return self._batch_candidates(
+                batch, crop_box, image.shape[:2], image_pe, image_side, edge_strips, upscale_chunk_bytes
+            )
 
         parts = map_in_streams(batch_candidates, batches, self.predictor.device)
         self.predictor.reset_image()
@@ -400,14 +404,15 @@ class SamAutomaticMaskGenerator:
         image_size: tuple[int, int],
         image_pe: torch.Tensor,
         image_side: Any,
-        upscale_chunk_bytes: int = UPSCALE_CHUNK_BYTES,
+        edge_strips: list[tuple[range, range]],
+        upscale_chunk_bytes: int,
     ) -> MaskCandidates:
-        """Decode a batch of points; keep confident, stable masks not cut by the crop edge,
-        upscaling at most ``upscale_chunk_bytes`` of logits at a time."""
+        """Decode a batch of points; keep confident, stable masks not cut by the crop edge
+        (those reaching its ``edge_strips`` are dropped before upscaling), upscaling at most
+        ``upscale_chunk_bytes`` of logits at a time."""
         predictor = self.predictor
         crop_size = predictor.original_size
         coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), device=predictor.device)
-        edge_strips = crop_edge_strips(crop_box, image_size) if predictor.device.type == "cpu" else []
         iou_predictions, keep, upscaled, low_res = self._decode(coords, image_pe, image_side, edge_strips)
         per_point = iou_predictions.shape[1]
         iou_predictions = iou_predictions.flatten().float()
