@@ -274,9 +274,9 @@ def _axis_taps(low_length: int, scale: float, input_length: int, original_length
     up, photo = bilinear_taps(low_length, input_length, scale), None
     if resized:
         photo = part(bilinear_taps(input_length, original_length), out.start, out.stop)
-        first = int(photo.index.min())
+        first, last = int(photo.index.min()), int(photo.index.max())
         photo = Taps(photo.index - first, photo.weight)
-        up = part(up, first, int(photo.index.max()) + first + 1)
+        up = part(up, first, last + 1)
     else:
         up = part(up, out.start, out.stop)
     low = range(int(up.index.min()), int(up.index.max()) + 1)
