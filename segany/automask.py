@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
@@ -44,6 +43,7 @@ from segany.masks import (
     uncompressed_rles,
 )
 from segany.modeling import Sam
+from segany.modeling.streams import torch_threads
 from segany.predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -228,18 +228,6 @@ class MaskCandidates:
             points=self.points + torch.tensor([x0, y0], dtype=self.points.dtype),
             crop_boxes=self.crop_boxes,
         )
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """PyTorch's intra-op thread count set to ``count`` for the block (it is process-wide, and
-    a thread started inside the block takes it for its life), then restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def map_in_streams(

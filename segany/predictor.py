@@ -7,6 +7,7 @@ import torch
 
 from segany.io import check_image_array
 from segany.modeling import Sam
+from segany.modeling.streams import cpu_streams
 from segany.prompt_checks import check_box, check_mask_input, check_points
 from segany.text import PromptEmbedder
 from segany.transforms import ResizeLongestSide
@@ -148,17 +149,20 @@ class SamPredictor:
             points = (point_coords, point_labels)
         if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
             raise ValueError(f"boxes must be Bx4 (XYXY), got {tuple(boxes.shape)}")
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input, text=text_embeddings)
-        low_res_masks, iou_predictions = self.model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=self._image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-            image_side=self._image_side if mask_input is None else None,
-        )
-        threshold = None if return_logits else self.model.mask_threshold
-        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size, threshold)
+        # On the CPU the prompt's work is split between parallel streams (segany.modeling.streams).
+        with cpu_streams(self.features) as streams:
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input, text=text_embeddings)
+            low_res_masks, iou_predictions = self.model.mask_decoder(
+                image_embeddings=self.features,
+                image_pe=self._image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+                image_side=self._image_side if mask_input is None else None,
+                streams=streams,
+            )
+            threshold = None if return_logits else self.model.mask_threshold
+            masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size, threshold, streams)
         return masks, iou_predictions, low_res_masks
 
     def get_image_embedding(self) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from segany.modeling import mask_resize
+from segany.modeling import mask_resize, streams
 from segany.modeling.mask_resize import bilinear_taps, upscale_planes
 
 # (low-res rows, cols) -> encoder input size -> photo size, as postprocessing meets them.
@@ -108,7 +108,7 @@ def test_a_forked_child_resizes_with_its_own_threads(monkeypatch):
     torch.set_num_threads(2)
     try:
         upscale_planes(np.zeros((3, 172, 256), np.float32), 4, (683, 1024), (1200, 1800))  # the parent's pool
-        assert mask_resize._pool is not None
+        assert streams._pool is not None
         context = multiprocessing.get_context("fork")
         queue = context.Queue()
         child = context.Process(target=_resize_in_child, args=(queue,))

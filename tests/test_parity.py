@@ -31,6 +31,18 @@ def predictors(models, image):
     return reference, ours
 
 
+@pytest.fixture(params=[1, 3], ids=["serial", "3 streams"])
+def streams(request, monkeypatch):
+    """Prompts decoded serially, or cut between three parallel CPU streams (segany.modeling.streams)."""
+    from segany.modeling import streams
+
+    monkeypatch.setattr(streams, "MAX_STREAMS", request.param)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, request.param))
+    yield request.param
+    torch.set_num_threads(threads)
+
+
 def test_image_embedding_matches(predictors):
     reference, ours = predictors
     expected = reference.get_image_embedding()
@@ -55,7 +67,7 @@ def test_image_embedding_matches_when_attention_bias_is_built_in_bands(models, i
 @pytest.mark.parametrize("prompt", list(PROMPTS))
 @pytest.mark.parametrize("multimask_output", [True, False])
 @pytest.mark.parametrize("return_logits", [False, True])
-def test_predict_matches(predictors, prompt, multimask_output, return_logits):
+def test_predict_matches(predictors, prompt, multimask_output, return_logits, streams):
     reference, ours = predictors
     kwargs = dict(PROMPTS[prompt], multimask_output=multimask_output, return_logits=return_logits)
     expected = reference.predict(**kwargs)
@@ -77,7 +89,7 @@ def test_predict_matches_when_the_image_needs_no_resizing_back(models, image, re
     assert_outputs_match(reference.predict(**kwargs), ours.predict(**kwargs), return_logits, reference_logits(reference, kwargs))
 
 
-def test_mask_input_from_previous_call_matches(predictors):
+def test_mask_input_from_previous_call_matches(predictors, streams):
     reference, ours = predictors
     first = dict(PROMPTS["one point"], multimask_output=True)
     _, scores, low_res = reference.predict(**first)
@@ -93,7 +105,7 @@ def test_mask_input_from_previous_call_matches(predictors):
     )
 
 
-def test_batched_boxes_through_predict_torch(predictors):
+def test_batched_boxes_through_predict_torch(predictors, streams):
     reference, ours = predictors
     boxes = torch.tensor([[10.0, 10.0, 100.0, 90.0], [50.0, 40.0, 280.0, 180.0], [0.0, 0.0, 291.0, 187.0]])
     transformed = reference.transform.apply_boxes_torch(boxes, reference.original_size)
@@ -139,7 +151,7 @@ def test_upscaling_in_chunks_of_token_rows_gives_the_batch_pass_values(predictor
     with torch.inference_mode():
         decoded = decoder.decode(ours.features, model.prompt_encoder.get_dense_pe(), sparse, dense)
         with monkeypatch.context() as patch:
-            patch.setattr(mask_decoder, "_upscaled_in_chunks", lambda *tensors: False)  # as on a GPU
+            patch.setattr(mask_decoder, "eager_cpu_inference", lambda *tensors: False)  # as on a GPU
             one_pass = decoder.upscale_masks(decoded, extent)
         token_rows, width = one_pass.shape[-2] // 4, decoded.grid[1]
         monkeypatch.setattr(mask_decoder, "UPSCALE_CHUNK_TOKENS", 3 * width)

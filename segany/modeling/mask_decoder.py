@@ -16,12 +16,14 @@ block, so each is one matmul, and pixels are put in image order only once, on th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from segany.modeling.blocks import LayerNorm2d, MultiLayerPerceptron
+from segany.modeling.streams import eager_cpu_inference, in_streams, split_range
 from segany.modeling.transformer import ImageSide, TwoWayTransformer
 
 # Image tokens upscaled at once on the CPU: 1,024 tokens' features (6 MB) stay in the cache.
@@ -108,17 +110,20 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         image_side: ImageSide | None = None,
+        streams: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return low-res mask logits (B x M x 4h x 4w) and IoU predictions (B x M), M = 3 or 1.
 
         One image embedding (batch 1) serves a batch of prompts, or each prompt has its own.
         ``image_side``, from :meth:`image_side` with the same embedding and dense prompt,
-        skips recomputing it.
+        skips recomputing it. ``streams`` > 1 splits the work between parallel CPU streams
+        (:func:`segany.modeling.streams.stream_count` says how many suit the tensors).
         """
         decoded = self.decode(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side, multimask_output
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side, multimask_output,
+            streams,
         )
-        return self.upscale_masks(decoded), decoded.iou_predictions
+        return self.upscale_masks(decoded, streams=streams), decoded.iou_predictions
 
     def predict_masks(
         self,
@@ -142,11 +147,12 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         image_side: ImageSide | None = None,
         multimask_output: bool | None = None,
+        streams: int = 1,
     ) -> DecodedPrompts:
         """Run the transformer, the IoU head and the hypernetworks for a batch of prompts: masks
         1-3 with ``multimask_output``, mask 0 without, all four when it is None. Everything on
         the token side happens here, at the batch's size, so that a mask rounds the same
-        whichever subset of prompts is upscaled."""
+        whichever subset of prompts is upscaled. ``streams``: see :meth:`forward`."""
         batch = sparse_prompt_embeddings.shape[0]
         if multimask_output is None:
             masks = list(range(self.num_mask_tokens))
@@ -158,7 +164,7 @@ class MaskDecoder(nn.Module):
             image_side = self.image_side(image_embeddings, image_pe, dense_prompt_embeddings)
         # Only the IoU token and the wanted mask tokens are read: the transformer returns those.
         token_out, image_tokens = self.transformer(
-            None, None, tokens, image=image_side, outputs=[0] + [1 + mask for mask in masks]
+            None, None, tokens, image=image_side, outputs=[0] + [1 + mask for mask in masks], streams=streams
         )
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[mask](token_out[:, 1 + row]) for row, mask in enumerate(masks)], dim=1
@@ -170,7 +176,9 @@ class MaskDecoder(nn.Module):
             grid=tuple(image_pe.shape[-2:]),
         )
 
-    def upscale_masks(self, decoded: DecodedPrompts, extent: tuple[int, int] | None = None) -> torch.Tensor:
+    def upscale_masks(
+        self, decoded: DecodedPrompts, extent: tuple[int, int] | None = None, streams: int = 1
+    ) -> torch.Tensor:
         """Low-res mask logits (B x M x 4h x 4w) of decoded prompts.
 
         With ``extent`` (rows, columns of the logits a caller will use), only the image tokens
@@ -181,7 +189,8 @@ class MaskDecoder(nn.Module):
         all), and memory-bound passes over them are most of the upscaling's time, so chunks
         whose features stay in the cache are ~15% faster for one prompt and ~25% for a batch of
         four; values agree to float rounding (tests/test_parity.py). GPUs, training and graph
-        capture (ONNX export, tracing, torch.compile) keep one pass over the batch.
+        capture (ONNX export, tracing, torch.compile) keep one pass over the batch. The chunks are
+        shared between ``streams`` parallel CPU streams (:mod:`segany.modeling.streams`).
         """
         height, width = decoded.grid
         grid = decoded.image_tokens.view(len(decoded.image_tokens), height, width, -1)
@@ -191,19 +200,23 @@ class MaskDecoder(nn.Module):
         hyper_in = decoded.hyper_in
         batch, masks = len(grid), hyper_in.shape[1]
         layers = self._upscaling_layers()
-        if not _upscaled_in_chunks(grid, hyper_in):
+        if not eager_cpu_inference(grid, hyper_in):
             blocks = self._mask_blocks(grid.reshape(batch, height * width, -1), hyper_in, height, width, layers)
             return blocks.reshape(batch, masks, 4 * height, 4 * width)
         out = grid.new_empty(batch, masks, 4 * height, 4 * width)
         step = max(1, UPSCALE_CHUNK_TOKENS // width)
-        for prompt in range(batch):
-            for top in range(0, height, step):
+        chunks = [(prompt, top) for prompt in range(batch) for top in range(0, height, step)]
+
+        def upscale_chunks(part: range) -> None:
+            for prompt, top in (chunks[index] for index in part):
                 rows = grid[prompt : prompt + 1, top : top + step]
                 count = rows.shape[1]
                 blocks = self._mask_blocks(
                     rows.reshape(1, count * width, -1), hyper_in[prompt : prompt + 1], count, width, layers
                 )
                 out[prompt : prompt + 1, :, 4 * top : 4 * (top + count)].view(blocks.shape).copy_(blocks)
+
+        in_streams([partial(upscale_chunks, part) for part in split_range(len(chunks), streams)])
         return out
 
     def upscale_window(
@@ -252,10 +265,3 @@ class MaskDecoder(nn.Module):
     def _as_matrix(conv: nn.ConvTranspose2d) -> torch.Tensor:
         """A kernel-2, stride-2 ConvTranspose2d's weight (in x out x 2 x 2) as a (2 x 2 x out) x in matrix."""
         return conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels)
-
-
-def _upscaled_in_chunks(*tensors: torch.Tensor) -> bool:
-    """Whether :meth:`MaskDecoder.upscale_masks` goes chunk by chunk: eager CPU inference only. A
-    captured graph would freeze the loop and the in-place writes of the chunks."""
-    capturing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-    return not capturing and all(t.device.type == "cpu" and not t.requires_grad for t in tensors)

@@ -72,13 +72,15 @@ class Sam(nn.Module):
         input_size: tuple[int, ...],
         original_size: tuple[int, ...],
         threshold: float | None = None,
+        streams: int | None = None,
     ) -> torch.Tensor:
         """Upscale low-res logits to the padded input, drop the padding, resize to the original image.
 
         Only the :meth:`low_res_extent` of ``masks`` is upscaled (identical values), which saves
         the work spent on padding for non-square images; ``masks`` may already be cut to it.
         With a ``threshold``, the boolean masks ``logits > threshold`` are returned instead of
-        the logits (on the CPU the logits are then never materialised at full size).
+        the logits (on the CPU the logits are then never materialised at full size). On the CPU
+        the resizing runs in up to ``streams`` parallel streams (default: PyTorch's thread count).
         """
         input_size, original_size = _pair(input_size), _pair(original_size)
         planes = self._low_res_planes(masks, input_size)
@@ -86,7 +88,7 @@ class Sam(nn.Module):
             from segany.modeling.mask_resize import upscale_planes
 
             resized = torch.from_numpy(
-                upscale_planes(planes.numpy(), self.low_res_scale, input_size, original_size, threshold)
+                upscale_planes(planes.numpy(), self.low_res_scale, input_size, original_size, threshold, streams)
             )
         else:
             resized = self._interpolate(planes, input_size, original_size)

@@ -7,11 +7,18 @@ encodings are re-added to queries and keys at every attention.
 Per prompt there are ~7 tokens but 4096 image tokens, so the cost is in the linear
 projections over the image tokens. Those are never applied to the image tokens: each is
 moved, by associativity, onto the token side, where it is a product over ~heads x tokens
-rows instead of 4096 (see :meth:`TokenAttention.read_image` and
-:meth:`TokenAttention.update_image`). Only the first block's projections are applied to the
-image, because until that block's image->token update the image side depends only on the
-image (and the dense prompt): :class:`ImageSide` holds them, so a predictor computes them
-once per image and reuses them for every prompt.
+rows instead of 4096 (see :meth:`TokenAttention.fold_queries` and :class:`ImageUpdate`).
+Only the first block's projections are applied to the image, because until that block's
+image->token update the image side depends only on the image (and the dense prompt):
+:class:`ImageSide` holds them, so a predictor computes them once per image and reuses them
+for every prompt.
+
+What is left on the image side is per image token, except the softmax of a token->image
+attention, which spans all of them. So the image tokens can be cut into ranges that run in
+parallel CPU streams (:mod:`segany.modeling.streams`), meeting only to combine a read's
+softmax. To meet once per block, not twice, each block's image update also computes the
+logits of the next read (the next block's, or the final attention's): the tokens that read
+are known before the image is updated.
 
 Batches: the image side has batch 1 (one image, many prompts) or one entry per prompt.
 Prompts that share an image entry are stacked as extra rows of one matmul against it, so
@@ -21,12 +28,18 @@ the image tensors are never expanded or copied per prompt.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from segany.modeling.blocks import FeedForward
+from segany.modeling.streams import in_streams, split_range
+
+Result = TypeVar("Result")
 
 
 class TokenAttention(nn.Module):
@@ -61,22 +74,29 @@ class TokenAttention(nn.Module):
         batch, heads, tokens, head_dim = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
 
-    def read_image(self, queries: torch.Tensor, image: torch.Tensor, positioned: torch.Tensor) -> torch.Tensor:
-        """Tokens (B x T x C) attend to image tokens (Bi x N x C; keys are ``positioned``, the
-        image plus its PE), without projecting the image: B x T x C.
+    def fold_queries(self, queries: torch.Tensor, image_batch: int) -> torch.Tensor:
+        """The token side of tokens (B x T x C) reading the image: their queries moved through
+        the key projection onto the image width, Bi x (B/Bi x heads x T) x C, so that the
+        logits over image tokens whose keys are ``positioned`` are ``folded @ positioned^T``.
 
         Per head, q_h (W_k,h x + b_k,h) = (q_h W_k,h) x + q_h·b_k,h, and q_h·b_k,h is the same
-        for every image token, so softmax cancels it. The values A_h (x W_v,h^T + b_v,h) are
-        (A_h x) W_v,h^T + b_v,h, since each row of A_h sums to 1.
+        for every image token, so softmax cancels it.
         """
         batch, tokens, width = queries.shape
-        image_batch = image.shape[0]
         q = self.q_proj(queries).view(batch, tokens, self.num_heads, self.head_dim) / math.sqrt(self.head_dim)
-        folded_keys = torch.einsum("bthe,hec->bhtc", q, self.per_head(self.k_proj))
-        weights = torch.softmax(folded_keys.reshape(image_batch, -1, width) @ positioned.transpose(1, 2), dim=-1)
-        mixed = (weights @ image).view(batch, self.num_heads, tokens, width)
+        return torch.einsum("bthe,hec->bhtc", q, self.per_head(self.k_proj)).reshape(image_batch, -1, width)
+
+    def read_values(self, mixed: torch.Tensor, batch: int) -> torch.Tensor:
+        """What the tokens read, B x T x C, from ``mixed``: the attention weights over the image
+        tokens (values unprojected) times those tokens, Bi x (B/Bi x heads x T) x C.
+
+        The values A_h (x W_v,h^T + b_v,h) are (A_h x) W_v,h^T + b_v,h, since each row of A_h
+        sums to 1.
+        """
+        width = mixed.shape[-1]
+        mixed = mixed.view(batch, self.num_heads, -1, width)
         values = torch.einsum("bhtc,hec->bthe", mixed, self.per_head(self.v_proj))
-        return self.out_proj(values.reshape(batch, tokens, -1) + self.v_proj.bias)
+        return self.out_proj(values.reshape(batch, mixed.shape[2], -1) + self.v_proj.bias)
 
     def read_projected_image(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Tokens (B x T x C) attend to already projected, head-split image keys and values
@@ -89,58 +109,95 @@ class TokenAttention(nn.Module):
         out = torch.softmax(q @ keys.transpose(-2, -1), dim=-1) @ values
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
 
-    def update_image(
-        self, positioned: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, residual: torch.Tensor
-    ) -> torch.Tensor:
-        """Image tokens (queries ``positioned``, Bi x N x C) attend to tokens (keys and values
-        B x T x C), without projecting the image: ``residual`` (Bi or B x N x C) plus the
-        update, B x N x C.
+    def image_update(self, keys: torch.Tensor, values: torch.Tensor, image_batch: int, projected: bool) -> ImageUpdate:
+        """The token side of image tokens attending to tokens (keys and values B x T x C), for
+        image queries given ``projected`` (head-split q projections, as :class:`ImageSide` holds)
+        or as the positioned image tokens themselves.
 
         Per head, (W_q,h x + b_q,h)·k_ht = x·(W_q,h^T k_ht) + b_q,h·k_ht: the query projection
-        moves onto the keys, which become heads x tokens rows of width C.
+        moves onto the keys, which become heads x tokens rows of width C. The output projection
+        moves onto the values: W_o concat_h(A_h V_h) = sum_h A_h (V_h W_o,h^T), and its bias
+        rides along as b_o / heads on every value row, since each head's weights sum to 1.
         """
         batch, tokens, width = keys.shape
-        image_batch, pixels, _ = positioned.shape
-        group = batch // image_batch
         k = self.k_proj(keys).view(batch, tokens, self.num_heads, self.head_dim) / math.sqrt(self.head_dim)
-        folded_keys = torch.einsum("bthe,hec->bhtc", k, self.per_head(self.q_proj))
-        key_bias = torch.einsum("bthe,he->bht", k, self.q_proj.bias.view(self.num_heads, self.head_dim))
-        # Tokens x pixels (softmax over a middle axis of 7 is far cheaper than over a last one).
-        folded_keys = folded_keys.reshape(image_batch, -1, width)
-        logits = torch.baddbmm(key_bias.reshape(image_batch, -1, 1), folded_keys, positioned.transpose(1, 2))
-        weights = torch.softmax(logits.view(image_batch, group, self.num_heads, tokens, pixels), dim=-2)
-        return self.mix_tokens(weights, values, residual)
-
-    def update_projected_image(
-        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, residual: torch.Tensor
-    ) -> torch.Tensor:
-        """Image tokens (already projected, head-split queries, Bi x heads x N x head_dim) attend
-        to tokens (keys and values B x T x C): ``residual`` plus the update, B x N x C."""
-        batch, tokens, _ = keys.shape
-        image_batch, heads, pixels, head_dim = queries.shape
-        group = batch // image_batch
-        k = self.k_proj(keys) / math.sqrt(head_dim)
-        k = k.view(image_batch, group * tokens, heads, head_dim).transpose(1, 2)
-        # Tokens x pixels, not pixels x tokens: the prompts sharing an image entry then stack
-        # as rows, and each prompt's logits round the same whatever the batch.
-        logits = (k @ queries.transpose(-2, -1)).view(image_batch, heads, group, tokens, pixels)
-        return self.mix_tokens(torch.softmax(logits, dim=-2).transpose(1, 2), values, residual)
-
-    def mix_tokens(self, weights: torch.Tensor, values: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``residual`` (Bi or B x N x C) plus the output projection of attention ``weights``
-        (Bi x prompts-per-image x heads x T x N, softmax over T) over token ``values`` (B x T x C).
-
-        W_o concat_h(A_h V_h) = sum_h A_h (V_h W_o,h^T): the output projection is applied to
-        the heads x tokens value rows, and the image side is one matmul over all heads. The
-        bias rides along as b_o / heads on every value row, since each head's weights sum to 1.
-        """
-        batch, tokens, width = values.shape
-        pixels = weights.shape[-1]
+        if projected:
+            folded, bias = k.reshape(image_batch, -1, self.num_heads, self.head_dim).transpose(1, 2), None
+        else:
+            folded = torch.einsum("bthe,hec->bhtc", k, self.per_head(self.q_proj)).reshape(image_batch, -1, width)
+            bias = torch.einsum("bthe,he->bht", k, self.q_proj.bias.view(self.num_heads, self.head_dim))
+            bias = bias.reshape(image_batch, -1, 1)
         v = self.v_proj(values).view(batch, tokens, self.num_heads, self.head_dim)
         out_weight = self.out_proj.weight.view(width, self.num_heads, self.head_dim)
-        projected = torch.einsum("bthe,che->bhtc", v, out_weight) + self.out_proj.bias / self.num_heads
+        rows = torch.einsum("bthe,che->bhtc", v, out_weight) + self.out_proj.bias / self.num_heads
+        return ImageUpdate(folded, bias, rows.reshape(batch, -1, width), self.num_heads, tokens)
+
+
+@dataclass
+class ImageUpdate:
+    """The token side of an image->token attention, ready to update any range of image tokens."""
+
+    keys: torch.Tensor  # Bi x (B/Bi x heads x T) x C folded keys, or Bi x heads x (B/Bi x T) x head_dim
+    key_bias: torch.Tensor | None  # Bi x (B/Bi x heads x T) x 1 with folded keys, else None
+    values: torch.Tensor  # B x (heads x T) x C, values through the output projection
+    heads: int
+    tokens: int
+
+    def apply(self, queries: torch.Tensor, residual: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """``residual`` (Bi or B x n x C) plus the update of n image tokens whose queries are
+        ``queries``: positioned tokens (Bi x n x C), or their head-split projections
+        (Bi x heads x n x head_dim) for projected keys. B x n x C; ``in_place`` adds the
+        update to ``residual`` itself (already B x n x C), saving a copy of it."""
+        batch, image_batch, pixels = len(self.values), len(self.keys), queries.shape[-2]
+        group = batch // image_batch
+        # Logits are tokens x pixels, softmax over the middle axis of T tokens (far cheaper than
+        # over a last one), and the prompts sharing an image entry stack as rows, so that each
+        # prompt's logits round the same whatever the batch.
+        if self.key_bias is None:
+            logits = (self.keys @ queries.transpose(-2, -1)).view(image_batch, self.heads, group, self.tokens, pixels)
+            weights = torch.softmax(logits, dim=-2).transpose(1, 2)
+        else:
+            logits = torch.baddbmm(self.key_bias, self.keys, queries.transpose(1, 2))
+            weights = torch.softmax(logits.view(image_batch, group, self.heads, self.tokens, pixels), dim=-2)
         weights = weights.reshape(batch, -1, pixels).transpose(1, 2)
-        return torch.baddbmm(residual, weights, projected.reshape(batch, -1, width))
+        if in_place:
+            return residual.baddbmm_(weights, self.values)
+        return torch.baddbmm(residual, weights, self.values)
+
+
+class PixelSplit:
+    """The image tokens cut into contiguous ranges, with their per-range work run inline for one
+    range and in parallel CPU streams (:func:`segany.modeling.streams.in_streams`) for several."""
+
+    def __init__(self, pixels: int, streams: int = 1) -> None:
+        self.ranges = split_range(pixels, streams)
+
+    def map(self, work: Callable[..., Result], *per_range: Sequence) -> list[Result]:
+        """``[work(*each range's own items of per_range) for each range]``."""
+        return in_streams([partial(work, *items) for items in zip(*per_range, strict=True)])
+
+    def cut(self, tensor: torch.Tensor, dim: int = 1) -> list[torch.Tensor]:
+        """``tensor``'s ranges along ``dim`` (views)."""
+        return [tensor.narrow(dim, part.start, len(part)) for part in self.ranges]
+
+    def join(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-range tensors (B x n x C) as one B x N x C tensor."""
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def attend(self, logits: Sequence[torch.Tensor], image: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Softmax over all image tokens of ``logits`` (per range, Bi x R x n) times the image
+        tokens (per range, Bi x n x C): Bi x R x C. With several ranges, the exponentials take
+        the largest logit of any range, and the sum over ranges divides the ranges' products."""
+        if len(logits) == 1:
+            return torch.softmax(logits[0], dim=-1) @ image[0]
+        peak = torch.stack([part.amax(dim=-1, keepdim=True) for part in logits]).amax(dim=0)
+
+        def weigh(part: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            exponentials = torch.exp(part - peak)
+            return exponentials.sum(dim=-1, keepdim=True), exponentials @ tokens
+
+        sums, products = zip(*self.map(weigh, logits, image))
+        return torch.stack(products).sum(dim=0) / torch.stack(sums).sum(dim=0)
 
 
 @dataclass
@@ -155,7 +212,10 @@ class ImageSide:
 
 
 class TwoWayAttentionBlock(nn.Module):
-    """Token self-attention, token->image attention, token MLP, image->token attention."""
+    """Token self-attention, token->image attention, token MLP, image->token attention.
+
+    The block's steps are methods that :class:`TwoWayTransformer` interleaves across blocks
+    (see the module's docstring)."""
 
     def __init__(
         self,
@@ -188,44 +248,23 @@ class TwoWayAttentionBlock(nn.Module):
             image_to_token_q=to_token.split_heads(to_token.q_proj(positioned)).contiguous(),
         )
 
-    def forward(
-        self,
-        queries: torch.Tensor,
-        query_pe: torch.Tensor,
-        keys: torch.Tensor,
-        key_pe: torch.Tensor,
-        projected: ImageSide | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update tokens (B x T x C) and image tokens (Bi x N x C; B x N x C after).
-
-        ``projected``, this block's :meth:`image_side` of ``keys``, replaces the folded
-        cross-attentions by ones on its projections (cheaper when shared by many prompts).
-        """
+    def attend_tokens(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+        """The tokens' self-attention (B x T x C)."""
         if self.skip_first_layer_pe:
             # The first layer's queries are the prompt embeddings themselves, which already
             # carry their positions: they replace the tokens instead of updating them.
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            positioned = queries + query_pe
-            queries = queries + self.self_attn(positioned, positioned, queries)
-        queries = self.norm1(queries)
+            return self.norm1(self.self_attn(queries, queries, queries))
+        positioned = queries + query_pe
+        return self.norm1(queries + self.self_attn(positioned, positioned, queries))
 
-        to_image, to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-        if projected is None:
-            positioned_keys = keys + key_pe
-            attended = to_image.read_image(queries + query_pe, keys, positioned_keys)
-        else:
-            attended = to_image.read_projected_image(
-                queries + query_pe, projected.token_to_image_k, projected.token_to_image_v
-            )
+    def take_reading(self, queries: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The tokens after adding what they read of the image, then their MLP."""
         queries = self.norm2(queries + attended)
-        queries = self.norm3(queries + self.mlp(queries))
+        return self.norm3(queries + self.mlp(queries))
 
-        if projected is None:
-            keys = to_token.update_image(positioned_keys, queries + query_pe, queries, keys)
-        else:
-            keys = to_token.update_projected_image(projected.image_to_token_q, queries + query_pe, queries, keys)
-        return queries, self.norm4(keys)
+    def image_update(self, queries: torch.Tensor, query_pe: torch.Tensor, image_batch: int, projected: bool) -> ImageUpdate:
+        """The token side of the image->token attention, for the tokens (B x T x C)."""
+        return self.cross_attn_image_to_token.image_update(queries + query_pe, queries, image_batch, projected)
 
 
 class TwoWayTransformer(nn.Module):
@@ -266,19 +305,64 @@ class TwoWayTransformer(nn.Module):
         point_embedding: torch.Tensor,
         image: ImageSide | None = None,
         outputs: list[int] | None = None,
+        streams: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image Bi x C x H x W (+ its PE), or its precomputed ``image`` side, and tokens B x T x C
         -> (tokens, image tokens B x HW x C); Bi is 1 or B.
 
         ``outputs`` (token indices) limits the returned tokens to those the caller reads: each
         token's final attention to the image is its own, so the others' is never computed.
+        ``streams`` > 1 cuts the image tokens into that many ranges run in parallel CPU streams.
         """
         if image is None:
             image = self.image_side(image_embedding, image_pe)
-        queries, keys, key_pe = point_embedding, image.keys, image.key_pe
+        pe, image_batch = point_embedding, len(image.keys)
+        split = PixelSplit(image.keys.shape[1], streams)
+        first = self.layers[0]
+        queries = first.attend_tokens(point_embedding, pe)
+        attended = first.cross_attn_token_to_image.read_projected_image(
+            queries + pe, image.token_to_image_k, image.token_to_image_v
+        )
+        queries = first.take_reading(queries, attended)
+        keys, key_pe = split.cut(image.keys), split.cut(image.key_pe)
+        # What the image tokens query the tokens with: the first block's projections, then themselves.
+        image_queries = split.cut(image.image_to_token_q, dim=2)
         for index, layer in enumerate(self.layers):
-            queries, keys = layer(queries, point_embedding, keys, key_pe, image if index == 0 else None)
-        if outputs is not None:
-            queries, point_embedding = queries[:, outputs], point_embedding[:, outputs]
-        attended = self.final_attn_token_to_image.read_image(queries + point_embedding, keys, keys + key_pe)
-        return self.norm_final_attn(queries + attended), keys
+            # Who reads the image next, known before this block updates it.
+            if index + 1 < len(self.layers):
+                reader = self.layers[index + 1]
+                reading = reader.attend_tokens(queries, pe)
+                to_image, read_pe = reader.cross_attn_token_to_image, pe
+            else:
+                reading = queries if outputs is None else queries[:, outputs]
+                to_image, read_pe = self.final_attn_token_to_image, pe if outputs is None else pe[:, outputs]
+            # Once updated, the image tokens have one entry per prompt.
+            folded = to_image.fold_queries(reading + read_pe, len(queries))
+            update = layer.image_update(queries, pe, image_batch if index == 0 else len(queries), projected=index == 0)
+            # Past the first block the image tokens are this pass's own, and read for the last time
+            # (the read before this update has mixed them): outside autograd they take the update.
+            in_place = index > 0 and not torch.is_grad_enabled()
+            work = partial(self._update_range, layer.norm4, update, folded, in_place)
+            keys, image_queries, logits = zip(*split.map(work, keys, key_pe, image_queries))
+            attended = to_image.read_values(split.attend(logits, keys), len(reading))
+            if index + 1 < len(self.layers):
+                queries = reader.take_reading(reading, attended)
+            else:
+                queries = self.norm_final_attn(reading + attended)
+        return queries, split.join(keys)
+
+    @staticmethod
+    def _update_range(
+        norm: nn.LayerNorm,
+        update: ImageUpdate,
+        folded: torch.Tensor,
+        in_place: bool,
+        keys: torch.Tensor,
+        key_pe: torch.Tensor,
+        queries: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One range of image tokens updated by a block (``update``, then ``norm``), then positioned,
+        and the next read's logits over them (``folded`` queries): (keys, positioned, logits)."""
+        keys = norm(update.apply(queries, keys, in_place))
+        positioned = keys + key_pe
+        return keys, positioned, folded @ positioned.transpose(1, 2)
