@@ -36,6 +36,15 @@ def test_a_composite_product_is_counted_once():
     assert counter.total == 2 * 4 * 6 * 7 * 9
 
 
+def test_an_in_place_product_counts_as_its_out_of_place_twin():
+    total, left, right = torch.randn(2, 5, 9), torch.randn(2, 5, 4), torch.randn(2, 4, 9)
+    with torch.inference_mode(), FlopCounter() as counter:
+        total.baddbmm_(left, right)
+        torch.baddbmm(total, left, right)
+        total.add_(1.0)  # element-wise: not counted
+    assert counter.by_op == {"aten.baddbmm_": 2 * 2 * 5 * 4 * 9, "aten.baddbmm": 2 * 2 * 5 * 4 * 9}
+
+
 def count(function) -> int:
     with FlopCounter() as counter:
         function()

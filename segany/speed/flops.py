@@ -60,11 +60,20 @@ class FlopCounter(TorchDispatchMode):
             return decomposed
         out = func(*args, **kwargs)
         packet = func._overloadpacket
-        formula = flop_registry.get(packet) or _EXTRA_FORMULAS.get(packet)
+        formula = flop_registry.get(packet) or _EXTRA_FORMULAS.get(packet) or _in_place_formula(packet)
         if formula is not None:
             flops = formula(*tree_map(_shape, args), **tree_map(_shape, kwargs), out_val=tree_map(_shape, out))
             self.by_op[str(packet)] += int(flops)
         return out
+
+
+def _in_place_formula(packet: Any) -> Any:
+    """An in-place product's formula (``baddbmm_``, ``addmm_``): its out-of-place twin's."""
+    name = packet.__name__
+    if not name.endswith("_") or name.startswith("_"):
+        return None
+    twin = getattr(torch.ops.aten, name[:-1], None)
+    return None if twin is None else flop_registry.get(twin)
 
 
 def matmul_rate(size: tuple[int, int, int] = (4096, 768, 3072), repeat: int = 10) -> float:
