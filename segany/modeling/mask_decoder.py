@@ -201,8 +201,7 @@ class MaskDecoder(nn.Module):
         batch, masks = len(grid), hyper_in.shape[1]
         layers = self._upscaling_layers()
         if not eager_cpu_inference(grid, hyper_in):
-            blocks = self._mask_blocks(grid.reshape(batch, height * width, -1), hyper_in, height, width, layers)
-            return blocks.reshape(batch, masks, 4 * height, 4 * width)
+            return self._mask_blocks(grid.reshape(batch, height * width, -1), hyper_in, height, width, layers)
         out = grid.new_empty(batch, masks, 4 * height, 4 * width)
         step = max(1, UPSCALE_CHUNK_TOKENS // width)
         chunks = [(prompt, top) for prompt in range(batch) for top in range(0, height, step)]
@@ -214,7 +213,7 @@ class MaskDecoder(nn.Module):
                 blocks = self._mask_blocks(
                     rows.reshape(1, count * width, -1), hyper_in[prompt : prompt + 1], count, width, layers
                 )
-                out[prompt : prompt + 1, :, 4 * top : 4 * (top + count)].view(blocks.shape).copy_(blocks)
+                out[prompt : prompt + 1, :, 4 * top : 4 * (top + count)].copy_(blocks)
 
         in_streams([partial(upscale_chunks, part) for part in split_range(len(chunks), streams)])
         return out
@@ -245,21 +244,27 @@ class MaskDecoder(nn.Module):
         width: int,
         layers: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """Mask logits of an h x w patch of image tokens (B x hw x C), as B x M x h x 2 x 2 x w x 2 x 2
-        (a view: output pixel (4y + 2i + k, 4x + 2j + l) is index (y, i, k, x, j, l)); ``layers``
-        from :meth:`_upscaling_layers`."""
+        """Mask logits (B x M x 4h x 4w) of an h x w patch of image tokens (B x hw x C); ``layers``
+        from :meth:`_upscaling_layers`.
+
+        Output pixel (4y + 2i + k, 4x + 2j + l) comes from token (y, x), first offset (i, j),
+        second offset (k, l). The first upscaling's rows are put in (y, i, x, j) order (a copy of
+        the narrow 64-channel features), and the second runs once per k: each k's logits are then
+        whole output rows in order, so the masks are assembled from runs of 4w values, not
+        gathered two at a time. The logits come out mask-major (classifier x features^T).
+        """
         first, norm, first_act, second, second_act = self.output_upscaling
         first_weight, first_bias, second_weight, second_bias = layers
-        batch, pixels, _ = tokens.shape
-        # Rows: input pixel (y, x), then output offset (i, j) within its 2x2 block, then channels.
-        x = F.linear(tokens, first_weight, first_bias)
-        x = x.view(batch, pixels * 4, first.out_channels)
+        batch, masks = len(tokens), hyper_in.shape[1]
+        x = F.linear(tokens, first_weight, first_bias).view(batch, height, width, 2, 2, first.out_channels)
         x = first_act(F.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
-        x = F.linear(x, second_weight, second_bias)
-        x = second_act(x.view(batch, pixels * 16, second.out_channels))
-        masks = x @ hyper_in.transpose(1, 2)
-        # Row (y, x, i, j, k, l) is output pixel (4y + 2i + k, 4x + 2j + l).
-        return masks.view(batch, height, width, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        x = x.transpose(2, 3).reshape(batch, height * 2 * width * 2, first.out_channels)
+        rows_per_k = []
+        for weight, bias in zip(second_weight.chunk(2), second_bias.chunk(2), strict=True):
+            # Rows (y, i, x, j), columns (l, channel): as rows (y, i, x, j, l) of one channel block.
+            features = second_act(F.linear(x, weight, bias)).view(batch, -1, second.out_channels)
+            rows_per_k.append((hyper_in @ features.transpose(1, 2)).view(batch, masks, height, 2, 4 * width))
+        return torch.stack(rows_per_k, dim=4).view(batch, masks, 4 * height, 4 * width)
 
     @staticmethod
     def _as_matrix(conv: nn.ConvTranspose2d) -> torch.Tensor:
