@@ -15,7 +15,7 @@ from the few image tokens under the strip and never upscaled whole; only survivo
 upscaled to pixels (in memory-bounded chunks); stability scores and boxes come out of the
 pass that resizes the masks; masks are kept bit-packed until NMS has picked the survivors,
 and only those are RLE-encoded, in one pycocotools call. On the CPU a crop's prompt batches
-run in parallel streams (:func:`map_in_streams`), each on its own core, which their many
+run in parallel streams (:func:`segany.modeling.streams.map_in_streams`), each on its own core, which their many
 small operations use better than one batch at a time across all cores.
 """
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
@@ -43,7 +41,7 @@ from segany.masks import (
     uncompressed_rles,
 )
 from segany.modeling import Sam
-from segany.modeling.streams import torch_threads
+from segany.modeling.streams import cpu_streams, map_in_streams
 from segany.predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -63,13 +61,6 @@ CROP_EDGE_TOLERANCE = 20.0
 # A mask is dropped as cut by a crop edge before its upscaling only on pixels whose logit clears
 # the mask threshold by this fraction of the largest logit read: far above any rounding.
 EDGE_PIXEL_MARGIN = 1e-3
-
-# On CPU the prompt batches of a crop run in this many streams at most, each a thread with its
-# share of PyTorch's threads. A prompt is ~100 small operations (LayerNorms, softmaxes, skinny
-# matmuls over 4,096 image tokens) that gain little from a second thread each, while two
-# prompts on two cores run at twice the speed of one. More streams would hold more batches'
-# logits at once for little gain.
-MAX_PROMPT_STREAMS = 4
 
 
 def point_grid(points_per_side: int) -> np.ndarray:
@@ -230,26 +221,6 @@ class MaskCandidates:
         )
 
 
-def map_in_streams(
-    work: Callable[[Any, int], MaskCandidates], items: Sequence[Any], device: torch.device
-) -> list[MaskCandidates]:
-    """``[work(item, upscale_chunk_bytes) for item in items]``, in order; on CPU, in up to
-    :data:`MAX_PROMPT_STREAMS` threads that split PyTorch's threads between them (the kernels
-    release the GIL). Each call is the same computation whatever thread runs it, so the
-    results are the serial ones; the upscaling budget is split so that peak memory stays."""
-    streams = min(MAX_PROMPT_STREAMS, torch.get_num_threads(), len(items)) if device.type == "cpu" else 1
-    if streams <= 1:
-        return [work(item, UPSCALE_CHUNK_BYTES) for item in items]
-    chunk_bytes = UPSCALE_CHUNK_BYTES // streams
-
-    def in_stream(item: Any) -> MaskCandidates:
-        with torch.inference_mode():  # grad mode is per thread
-            return work(item, chunk_bytes)
-
-    with torch_threads(torch.get_num_threads() // streams), ThreadPoolExecutor(streams) as pool:
-        return list(pool.map(in_stream, items))
-
-
 def pack_masks(masks: np.ndarray) -> np.ndarray:
     """Bit-pack n x h x w bool masks into n rows of bytes (8x smaller, fast to unpack)."""
     count, height, width = masks.shape
@@ -375,12 +346,19 @@ class SamAutomaticMaskGenerator:
 
         edge_strips = crop_edge_strips(crop_box, image.shape[:2]) if self.predictor.device.type == "cpu" else []
 
-        def batch_candidates(batch: np.ndarray, upscale_chunk_bytes: int) -> MaskCandidates:
-            return self._batch_candidates(
-                batch, crop_box, image.shape[:2], image_pe, image_side, edge_strips, upscale_chunk_bytes
-            )
+        # On the CPU the batches run in parallel streams, one core each: a prompt is ~100 small
+        # operations (LayerNorms, softmaxes, skinny matmuls over 4,096 image tokens) that gain
+        # little from a second thread each, while two prompts on two cores run twice as fast as
+        # one. The upscaling's memory budget is shared between the streams.
+        with cpu_streams(self.predictor.features, tasks=len(batches)) as streams:
+            chunk_bytes = UPSCALE_CHUNK_BYTES // streams
 
-        parts = map_in_streams(batch_candidates, batches, self.predictor.device)
+            def batch_candidates(batch: np.ndarray) -> MaskCandidates:
+                return self._batch_candidates(
+                    batch, crop_box, image.shape[:2], image_pe, image_side, edge_strips, chunk_bytes
+                )
+
+            parts = map_in_streams(batch_candidates, batches, streams)
         self.predictor.reset_image()
         candidates = MaskCandidates.concatenate(parts)
         return candidates.select(box_nms(candidates.boxes, candidates.iou_predictions, self.box_nms_thresh))

@@ -11,7 +11,7 @@ import torch
 import segany
 from oracle import blocky_image, build_model_pair
 from segany.modeling import streams, transformer
-from segany.modeling.streams import cpu_streams, in_streams, split_range, stream_count
+from segany.modeling.streams import cpu_streams, in_streams, map_in_streams, split_range, stream_count
 from segany.speed.flops import FlopCounter
 
 
@@ -61,11 +61,33 @@ def test_cpu_streams_share_the_threads_and_stay_serial_where_threads_cannot_help
         torch.set_num_threads(2)
         with cpu_streams(tensor) as count:
             assert count == 2 and torch.get_num_threads() == 1
+        with cpu_streams(tensor, tasks=1) as count:  # one piece of work keeps every thread
+            assert count == 1 and torch.get_num_threads() == 2
         assert stream_count(tensor.requires_grad_()) == 1  # autograd
         with FlopCounter():  # sees only its own thread's operations
             assert stream_count(torch.zeros(2)) == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_map_in_streams_gives_every_result_in_order_with_a_slow_item_not_holding_the_others():
+    """Streams take the next untaken item: while one stream is held by a slow item, the other
+    takes all the rest, and the results come back in the items' order."""
+    release = threading.Event()
+    ran_by = {}
+
+    def work(item):
+        if item == 0:
+            assert release.wait(timeout=30)  # held until every other item is done
+        ran_by[item] = threading.get_ident()
+        if len(ran_by) == 5:
+            release.set()
+        return item * item
+
+    assert map_in_streams(work, list(range(6)), streams=2) == [0, 1, 4, 9, 16, 25]
+    assert len({ran_by[item] for item in range(1, 6)}) == 1 != len(set(ran_by.values()))
+    assert map_in_streams(work, [], streams=2) == []
+    assert map_in_streams(lambda item: item + 1, [1, 2], streams=1) == [2, 3]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ image tokens is per token but for a softmax, so it can be cut into ranges that e
 on one core (a stream: a Python thread running PyTorch, whose kernels release the GIL; the
 calling thread takes the first range). What stays serial (the ~7 tokens' own work) and each
 handoff between threads (~0.1 ms on the VM) keep the gain on a predictor's prompt to ~5%
-there, most of it from resizing the masks on both cores (docs/speed.md).
+there, most of it from resizing the masks on both cores (docs/speed.md). The automatic
+generator's prompt batches, each a whole decoding, go one per stream (:func:`map_in_streams`).
 
 PyTorch's thread count is per thread on the CPU: a caller that runs work in streams keeps
 only its share of the threads (:func:`cpu_streams`; one on a 2-core machine), and each stream
@@ -20,6 +21,7 @@ run on two PyTorch threads).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +34,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 # More streams than this gain nothing on a prompt's few thousand image tokens.
 MAX_STREAMS = 4
 
+Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 _pool: ThreadPoolExecutor | None = None
@@ -76,10 +79,11 @@ def stream_count(*tensors: torch.Tensor) -> int:
 
 
 @contextmanager
-def cpu_streams(*tensors: torch.Tensor) -> Iterator[int]:
-    """The :func:`stream_count` for work on ``tensors``; with several, the calling thread (the
-    first stream) keeps only its share of PyTorch's threads for the block, as each stream does."""
-    count = stream_count(*tensors)
+def cpu_streams(*tensors: torch.Tensor, tasks: int | None = None) -> Iterator[int]:
+    """The :func:`stream_count` for work on ``tensors`` (at most ``tasks``, the pieces of work
+    there are to share); with several, the calling thread (the first stream) keeps only its
+    share of PyTorch's threads for the block, as each stream does."""
+    count = stream_count(*tensors) if tasks is None else max(1, min(tasks, stream_count(*tensors)))
     with torch_threads(max(1, torch.get_num_threads() // count)):
         yield count
 
@@ -102,6 +106,20 @@ def in_streams(tasks: Sequence[Callable[[], Result]]) -> list[Result]:
     others = [_pool.submit(in_stream, task) for task in tasks[1:]]
     first = tasks[0]()
     return [first, *(other.result() for other in others)]
+
+
+def map_in_streams(work: Callable[[Item], Result], items: Sequence[Item], streams: int) -> list[Result]:
+    """``[work(item) for item in items]``, in order, run by ``streams`` streams (:func:`in_streams`)
+    that each take the next item none has taken yet: items of uneven cost keep every stream busy."""
+    results: list[Result | None] = [None] * len(items)
+    order = itertools.count()  # a shared counter: next() on it is atomic under the GIL
+
+    def take_items() -> None:
+        while (index := next(order)) < len(items):
+            results[index] = work(items[index])
+
+    in_streams([take_items] * max(1, min(streams, len(items))))
+    return results
 
 
 def split_range(length: int, parts: int, step: int = 1) -> list[range]:

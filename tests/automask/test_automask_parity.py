@@ -177,7 +177,7 @@ def test_prompt_streams_give_the_serial_records_and_restore_threads(random_model
     records are those of one batch after another, and PyTorch's thread count is as it was."""
     import torch
 
-    from segany import automask
+    from segany.modeling import streams
 
     _, our_model = random_models
     settings = dict(
@@ -187,9 +187,9 @@ def test_prompt_streams_give_the_serial_records_and_restore_threads(random_model
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        monkeypatch.setattr(automask, "MAX_PROMPT_STREAMS", 1)
+        monkeypatch.setattr(streams, "MAX_STREAMS", 1)
         serial = SamAutomaticMaskGenerator(our_model, **settings).generate(image)
-        monkeypatch.setattr(automask, "MAX_PROMPT_STREAMS", 2)
+        monkeypatch.setattr(streams, "MAX_STREAMS", 2)
         batches_seen_by = set()
         run_batch = SamAutomaticMaskGenerator._batch_candidates
 
@@ -204,7 +204,7 @@ def test_prompt_streams_give_the_serial_records_and_restore_threads(random_model
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
-    assert len({thread for thread, _, _ in batches_seen_by}) == 2
+    assert len({thread for thread, _, _ in batches_seen_by}) >= 2  # the caller and pool threads
     assert {(count, inference) for _, count, inference in batches_seen_by} == {(1, True)}
     assert len(serial) >= 3 * 64  # the whole image's masks at least (random masks touch crop edges)
     assert_same_records(serial, streamed)

@@ -12,6 +12,7 @@ import torch
 from segany import automask
 from segany.automask import SamAutomaticMaskGenerator, boxes_near_crop_edge, crop_boxes, crop_edge_strips
 from segany.build import SamConfig, build_model
+from segany.modeling import streams
 
 SMALL_CONFIG = SamConfig(
     encoder_embed_dim=96, encoder_depth=2, encoder_num_heads=3, encoder_global_attn_indexes=(1,), image_size=320,
@@ -106,7 +107,7 @@ def test_masks_cut_by_a_crop_edge_are_never_upscaled_whole(model, image, monkeyp
         return upscale(decoded, extent)
 
     monkeypatch.setattr(model.mask_decoder, "upscale_masks", counting_upscale)
-    monkeypatch.setattr(automask, "MAX_PROMPT_STREAMS", 1)
+    monkeypatch.setattr(streams, "MAX_STREAMS", 1)
     early = SamAutomaticMaskGenerator(model, **settings).generate(image)
     with_strips = sum(upscaled_whole)
     upscaled_whole.clear()
