@@ -15,8 +15,8 @@ from the few image tokens under the strip and never upscaled whole; only survivo
 upscaled to pixels (in memory-bounded chunks); stability scores and boxes come out of the
 pass that resizes the masks; masks are kept bit-packed until NMS has picked the survivors,
 and only those are RLE-encoded, in one pycocotools call. On the CPU a crop's prompt batches
-run in parallel streams (:func:`segany.modeling.streams.map_in_streams`), each on its own core, which their many
-small operations use better than one batch at a time across all cores.
+run in parallel streams (:func:`segany.modeling.streams.map_in_streams`), each on its own
+core, which their many small operations use better than one batch at a time across all cores.
 """
 
 from __future__ import annotations

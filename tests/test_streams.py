@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -88,6 +89,26 @@ def test_map_in_streams_gives_every_result_in_order_with_a_slow_item_not_holding
     assert len({ran_by[item] for item in range(1, 6)}) == 1 != len(set(ran_by.values()))
     assert map_in_streams(work, [], streams=2) == []
     assert map_in_streams(lambda item: item + 1, [1, 2], streams=1) == [2, 3]
+
+
+def test_map_in_streams_stops_taking_items_once_one_raises():
+    """A failing item ends the map: a stream finishes the item it holds and takes no more (each
+    item takes 50 ms, so a stream that went on would do several in the time waited)."""
+    failing = threading.Event()
+    done = []
+
+    def work(item):
+        if item == 0:
+            failing.set()
+            raise ValueError("item 0 is bad")
+        assert failing.wait(timeout=30)
+        time.sleep(0.05)
+        done.append(item)
+
+    with pytest.raises(ValueError, match="item 0 is bad"):
+        map_in_streams(work, list(range(20)), streams=2)
+    time.sleep(0.5)
+    assert len(done) <= 1
 
 
 @pytest.fixture(scope="module")

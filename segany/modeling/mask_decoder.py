@@ -10,7 +10,7 @@ because the IoU predictions need only the transformer, while the upscaling is ha
 work: a caller that drops prompts by predicted IoU (the automatic generator) upscales only
 the survivors. The upscaling runs on the transformer's token layout (pixels x channels):
 its kernel-2, stride-2 transposed convolutions give every input pixel its own 2x2 output
-block, so each is one matmul, and pixels are put in image order only once, on the masks.
+block, so each is a matrix product, and pixels are put in image order only once, on the masks.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -83,7 +84,9 @@ def cpu_streams(*tensors: torch.Tensor, tasks: int | None = None) -> Iterator[in
     """The :func:`stream_count` for work on ``tensors`` (at most ``tasks``, the pieces of work
     there are to share); with several, the calling thread (the first stream) keeps only its
     share of PyTorch's threads for the block, as each stream does."""
-    count = stream_count(*tensors) if tasks is None else max(1, min(tasks, stream_count(*tensors)))
+    count = stream_count(*tensors)
+    if tasks is not None:
+        count = max(1, min(count, tasks))
     with torch_threads(max(1, torch.get_num_threads() // count)):
         yield count
 
@@ -110,13 +113,19 @@ def in_streams(tasks: Sequence[Callable[[], Result]]) -> list[Result]:
 
 def map_in_streams(work: Callable[[Item], Result], items: Sequence[Item], streams: int) -> list[Result]:
     """``[work(item) for item in items]``, in order, run by ``streams`` streams (:func:`in_streams`)
-    that each take the next item none has taken yet: items of uneven cost keep every stream busy."""
+    that each take the next item none has taken yet: items of uneven cost keep every stream busy.
+    Once an item raises (or the caller is interrupted), no stream takes another."""
     results: list[Result | None] = [None] * len(items)
     order = itertools.count()  # a shared counter: next() on it is atomic under the GIL
+    failed = threading.Event()
 
     def take_items() -> None:
-        while (index := next(order)) < len(items):
-            results[index] = work(items[index])
+        try:
+            while not failed.is_set() and (index := next(order)) < len(items):
+                results[index] = work(items[index])
+        except BaseException:
+            failed.set()
+            raise
 
     in_streams([take_items] * max(1, min(streams, len(items))))
     return results
