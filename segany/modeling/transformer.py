@@ -31,15 +31,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
 
 import torch
 from torch import nn
 
 from segany.modeling.blocks import FeedForward
-from segany.modeling.streams import in_streams, split_range
-
-Result = TypeVar("Result")
+from segany.modeling.streams import Result, in_streams, split_range
 
 
 class TokenAttention(nn.Module):
