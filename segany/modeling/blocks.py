@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from segany.modeling.cpu_linear import linear
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of an NCHW tensor (the conv-net flavour of LayerNorm)."""
@@ -38,7 +40,7 @@ class FeedForward(nn.Module):
         self.act = activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+        return linear(linear(x, self.lin1, self.act), self.lin2)
 
 
 class MultiLayerPerceptron(nn.Module):

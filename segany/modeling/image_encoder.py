@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from segany.modeling.blocks import DropPath, FeedForward, LayerNorm2d
+from segany.modeling.cpu_linear import linear
 
 # The relative-position bias is queries x keys per head (805 MB for vit_b's global blocks); it is
 # built and consumed one head and a band of query rows at a time, so that each piece stays in
@@ -60,7 +61,7 @@ class RelPosAttention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid_size - 1, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.attend(self.qkv(x)))
+        return linear(self.attend(linear(x, self.qkv)), self.proj)
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """Attention over projected BxHxWx3C tokens, before the output projection.
@@ -170,11 +171,11 @@ class EncoderBlock(nn.Module):
             return self.attn(x)
         # The reference pads the normalised tokens with zeros before projecting them: project
         # the real tokens only, and pad with what a zero token projects to (the qkv bias).
-        qkv = self.attn.qkv(x)
+        qkv = linear(x, self.attn.qkv)
         fill = self.attn.qkv(x.new_zeros(1, x.shape[-1]))[0]
         tiles, padded = partition_windows(qkv, self.window_size, fill)
         attended = merge_windows(self.attn.attend(tiles), self.window_size, padded, x.shape[1:3])
-        return self.attn.proj(attended)
+        return linear(attended, self.attn.proj)
 
 
 class ImageEncoderViT(nn.Module):

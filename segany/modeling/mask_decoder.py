@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from segany.modeling.blocks import LayerNorm2d, MultiLayerPerceptron
+from segany.modeling.cpu_linear import linear
 from segany.modeling.streams import eager_cpu_inference, in_streams, split_range
 from segany.modeling.transformer import ImageSide, TwoWayTransformer
 
@@ -256,13 +257,13 @@ class MaskDecoder(nn.Module):
         first, norm, first_act, second, second_act = self.output_upscaling
         first_weight, first_bias, second_weight, second_bias = layers
         batch, masks = len(tokens), hyper_in.shape[1]
-        x = F.linear(tokens, first_weight, first_bias).view(batch, height, width, 2, 2, first.out_channels)
+        x = linear(tokens, (first_weight, first_bias)).view(batch, height, width, 2, 2, first.out_channels)
         x = first_act(F.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
         x = x.transpose(2, 3).reshape(batch, height * 2 * width * 2, first.out_channels)
         rows_per_k = []
         for weight, bias in zip(second_weight.chunk(2), second_bias.chunk(2), strict=True):
             # Rows (y, i, x, j), columns (l, channel): as rows (y, i, x, j, l) of one channel block.
-            features = second_act(F.linear(x, weight, bias)).view(batch, -1, second.out_channels)
+            features = linear(x, (weight, bias), second_act).view(batch, -1, second.out_channels)
             rows_per_k.append((hyper_in @ features.transpose(1, 2)).view(batch, masks, height, 2, 4 * width))
         return torch.stack(rows_per_k, dim=4).view(batch, masks, 4 * height, 4 * width)
 

@@ -29,7 +29,14 @@ def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_val=Non
     return 2 * int(torch.Size(batch).numel()) * queries * keys * (width + value_width)
 
 
+def _onednn_linear_flops(input_shape, weight_shape, *args, out_val=None, **kwargs) -> int:
+    """oneDNN's fused linear layer (:mod:`segany.modeling.cpu_linear`): one matrix product."""
+    return 2 * int(torch.Size(input_shape).numel()) * weight_shape[0]
+
+
 _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    _EXTRA_FORMULAS[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
 
 
 def _shape(value: Any) -> Any:

@@ -1,0 +1,85 @@
+"""Linear layers through oneDNN on the CPU: same values as F.linear, and only where they may."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from segany.modeling import cpu_linear
+from segany.speed.flops import FlopCounter
+
+ONEDNN_OP = "mkldnn._linear_pointwise"
+needs_onednn = pytest.mark.skipif(not cpu_linear.ONEDNN, reason="this PyTorch build has no oneDNN")
+
+
+def layer_and_input(rows: int = 512, width: int = 96, out: int = 192) -> tuple[nn.Linear, torch.Tensor]:
+    torch.manual_seed(0)
+    return nn.Linear(width, out), torch.randn(2, rows, width)
+
+
+def ops_run(function) -> set[str]:
+    with FlopCounter() as counted:
+        function()
+    return set(counted.by_op)
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "activation", [None, nn.GELU(), nn.GELU(approximate="tanh"), nn.ReLU(), nn.SiLU()], ids=repr
+)
+def test_onednn_gives_the_values_of_f_linear_and_its_activation(activation):
+    layer, x = layer_and_input()
+    expected = F.linear(x, layer.weight, layer.bias)
+    expected = expected if activation is None else activation(expected)
+    with torch.inference_mode():
+        actual = cpu_linear.linear(x, layer, activation)
+        assert ONEDNN_OP in ops_run(lambda: cpu_linear.linear(x, layer, activation))
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_weight_and_bias_given_as_tensors_and_strided_inputs():
+    layer, x = layer_and_input()
+    strided = x.transpose(0, 1)
+    with torch.inference_mode():
+        actual = cpu_linear.linear(strided, (layer.weight, None))
+    torch.testing.assert_close(actual, F.linear(strided, layer.weight), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_autograd_keeps_f_linear_and_its_gradients():
+    layer, x = layer_and_input()
+    x.requires_grad_(True)
+    assert ONEDNN_OP not in ops_run(lambda: cpu_linear.linear(x, layer, nn.GELU()))
+    cpu_linear.linear(x, layer, nn.GELU()).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None and x.grad.abs().sum() > 0
+
+
+@needs_onednn
+def test_small_products_and_other_dtypes_keep_f_linear():
+    layer, x = layer_and_input(rows=7, width=32, out=32)
+    with torch.inference_mode():
+        assert ONEDNN_OP not in ops_run(lambda: cpu_linear.linear(x, layer))
+        double = nn.Linear(96, 192).double()
+        big = torch.randn(4, 512, 96, dtype=torch.float64)
+        assert ONEDNN_OP not in ops_run(lambda: cpu_linear.linear(big, double))
+        torch.testing.assert_close(cpu_linear.linear(big, double), double(big))
+
+
+@needs_onednn
+def test_the_predictor_takes_the_onednn_path_for_the_image_and_the_prompt():
+    from segany import SamPredictor
+    from segany.build import SamConfig, build_model
+
+    config = SamConfig(
+        encoder_embed_dim=96, encoder_depth=2, encoder_num_heads=3, encoder_global_attn_indexes=(1,),
+        image_size=320, window_size=7,
+    )
+    predictor = SamPredictor(build_model(config).eval())
+    image = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    assert ONEDNN_OP in ops_run(lambda: predictor.set_image(image))
+    assert ONEDNN_OP in ops_run(lambda: predictor.predict(np.array([[100.0, 50.0]]), np.array([1])))
