@@ -52,11 +52,19 @@ def test_image_embedding_matches(predictors):
     assert ours.original_size == reference.original_size and ours.input_size == reference.input_size
 
 
-def test_image_embedding_matches_when_attention_bias_is_built_in_bands(models, image, monkeypatch):
-    """At full size the bias is built a head and a band of query rows at a time; force that here."""
+@pytest.mark.parametrize("global_attention", ["onednn", "sdpa"])
+def test_image_embedding_matches_when_attention_bias_is_built_in_bands(models, image, monkeypatch, global_attention):
+    """At full size the bias is built a head and a band of query rows at a time; force that here,
+    with the global blocks' attention as oneDNN products (the CPU's) and as SDPA (everyone else's)."""
     from segany.modeling import image_encoder
 
     monkeypatch.setattr(image_encoder, "MASK_CHUNK_BYTES", 1)
+    if global_attention == "sdpa":
+        monkeypatch.setattr(image_encoder, "ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS", 2**62)
+    else:
+        tokens = PARITY_CONFIG.embedding_size**2
+        head_dim = PARITY_CONFIG.encoder_embed_dim // PARITY_CONFIG.encoder_num_heads
+        assert tokens * tokens * head_dim >= image_encoder.ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS, "must take oneDNN"
     reference_model, our_model = models
     reference, ours = OfficialPredictor(reference_model), segany.SamPredictor(our_model)
     reference.set_image(image)
