@@ -53,7 +53,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        # Contiguous: the residual stream keeps its first tensor's layout through every add, and
+        # each LayerNorm would otherwise copy a channels-first one (24 copies in vit_b).
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()
 
 
 class RelPosAttention(nn.Module):
