@@ -204,17 +204,18 @@ class MaskDecoder(nn.Module):
         if not eager_cpu_inference(grid, hyper_in):
             return self._mask_blocks(grid.reshape(batch, height * width, -1), hyper_in, height, width, layers)
         out = grid.new_empty(batch, masks, 4 * height, 4 * width)
-        step = max(1, UPSCALE_CHUNK_TOKENS // width)
-        chunks = [(prompt, top) for prompt in range(batch) for top in range(0, height, step)]
+        # Each prompt's rows in near-equal chunks of at most UPSCALE_CHUNK_TOKENS, as many as a
+        # multiple of the streams, so that every stream gets as many rows (43 rows for 2 streams:
+        # 4 chunks of 10-11 rows, not 16 + 16 | 11).
+        chunk_count = -(-height // max(1, UPSCALE_CHUNK_TOKENS // width))
+        chunk_count = -(-chunk_count // streams) * streams
+        chunks = [(prompt, rows) for prompt in range(batch) for rows in split_range(height, chunk_count)]
 
         def upscale_chunks(part: range) -> None:
-            for prompt, top in (chunks[index] for index in part):
-                rows = grid[prompt : prompt + 1, top : top + step]
-                count = rows.shape[1]
-                blocks = self._mask_blocks(
-                    rows.reshape(1, count * width, -1), hyper_in[prompt : prompt + 1], count, width, layers
-                )
-                out[prompt : prompt + 1, :, 4 * top : 4 * (top + count)].copy_(blocks)
+            for prompt, rows in (chunks[index] for index in part):
+                tokens = grid[prompt : prompt + 1, rows.start : rows.stop].reshape(1, len(rows) * width, -1)
+                blocks = self._mask_blocks(tokens, hyper_in[prompt : prompt + 1], len(rows), width, layers)
+                out[prompt : prompt + 1, :, 4 * rows.start : 4 * rows.stop].copy_(blocks)
 
         in_streams([partial(upscale_chunks, part) for part in split_range(len(chunks), streams)])
         return out
