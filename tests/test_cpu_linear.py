@@ -83,3 +83,25 @@ def test_the_predictor_takes_the_onednn_path_for_the_image_and_the_prompt():
     image = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
     assert ONEDNN_OP in ops_run(lambda: predictor.set_image(image))
     assert ONEDNN_OP in ops_run(lambda: predictor.predict(np.array([[100.0, 50.0]]), np.array([1])))
+
+
+@pytest.mark.parametrize("band_bytes", [2**30, 1], ids=["whole", "one row a band"])
+def test_global_attention_as_onednn_products_matches_sdpa_for_a_batch(monkeypatch, band_bytes):
+    from segany.modeling import image_encoder
+
+    torch.manual_seed(0)
+    attention = image_encoder.RelPosAttention(dim=64, num_heads=2, grid_size=12).eval()
+    nn.init.normal_(attention.rel_pos_h, std=0.5)
+    nn.init.normal_(attention.rel_pos_w, std=0.5)
+    qkv = torch.randn(2, 12, 12, 3 * 64)
+    monkeypatch.setattr(image_encoder, "MASK_CHUNK_BYTES", band_bytes)
+    with torch.inference_mode():
+        monkeypatch.setattr(image_encoder, "ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS", 2**62)
+        expected = attention.attend(qkv)
+        monkeypatch.setattr(image_encoder, "ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS", 0)
+        counted = ops_run(lambda: attention.attend(qkv))
+        actual = attention.attend(qkv)
+        alone = attention.attend(qkv[1:])
+    assert "aten._scaled_dot_product_flash_attention_for_cpu" not in counted
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone[0], actual[1], rtol=1e-6, atol=1e-6)
