@@ -1,10 +1,11 @@
 """The ViT image encoder: patch embedding, windowed and global attention blocks, conv neck.
 
-It runs once per image and is where almost all of SAM's compute goes, so attention goes
-through ``scaled_dot_product_attention`` with the decomposed relative-position bias as an
-additive mask, built one head and a band of query rows at a time, instead of materialising and
-re-writing the full attention matrix; windowed blocks project only the real tokens, not the
-padding.
+It runs once per image and is where almost all of SAM's compute goes. Attention never
+materialises the full attention matrix: the decomposed relative-position bias is built one head
+and a band of query rows at a time, and goes as an additive mask into
+``scaled_dot_product_attention``, or, for global blocks in eager CPU inference, onto the band's
+logits between two oneDNN products (:mod:`segany.modeling.cpu_linear`), which run faster there.
+Windowed blocks project only the real tokens, not the padding.
 """
 
 from __future__ import annotations
