@@ -85,6 +85,7 @@ def test_the_predictor_takes_the_onednn_path_for_the_image_and_the_prompt():
     assert ONEDNN_OP in ops_run(lambda: predictor.predict(np.array([[100.0, 50.0]]), np.array([1])))
 
 
+@needs_onednn
 @pytest.mark.parametrize("band_bytes", [2**30, 1], ids=["whole", "one row a band"])
 def test_global_attention_as_onednn_products_matches_sdpa_for_a_batch(monkeypatch, band_bytes):
     from segany.modeling import image_encoder

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from segany.modeling.blocks import DropPath, FeedForward, LayerNorm2d
+from segany.modeling import cpu_linear
 from segany.modeling.cpu_linear import linear
 from segany.modeling.streams import cpu_streams, eager_cpu_inference, map_in_streams
 
@@ -88,7 +89,8 @@ class RelPosAttention(nn.Module):
         rel_h, rel_w = self._relative_position_terms(q, height, width)
         tokens = height * width
         out = q.new_empty(batch, tokens, heads, dim // heads)
-        if eager_cpu_inference(q) and tokens * tokens * (dim // heads) >= ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS:
+        products = tokens * tokens * (dim // heads)
+        if cpu_linear.ONEDNN and eager_cpu_inference(q) and products >= ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS:
             pairs = [(image, head) for image in range(batch) for head in range(heads)]
             work = partial(self._attend_pair, q, k, v, rel_h, rel_w, out)
             with cpu_streams(q, tasks=len(pairs)) as streams:
