@@ -106,3 +106,16 @@ def test_global_attention_as_onednn_products_matches_sdpa_for_a_batch(monkeypatc
     assert "aten._scaled_dot_product_flash_attention_for_cpu" not in counted
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(alone[0], actual[1], rtol=1e-6, atol=1e-6)
+
+
+def test_global_attention_of_a_bfloat16_encoder_keeps_sdpa(monkeypatch):
+    """Only float32 takes the oneDNN products: a bf16 speed mode keeps SDPA's softmax."""
+    from segany.modeling import image_encoder
+
+    torch.manual_seed(0)
+    attention = image_encoder.RelPosAttention(dim=64, num_heads=2, grid_size=12).eval().to(torch.bfloat16)
+    qkv = torch.randn(1, 12, 12, 3 * 64, dtype=torch.bfloat16)
+    monkeypatch.setattr(image_encoder, "ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS", 0)
+    with torch.inference_mode():
+        counted = ops_run(lambda: attention.attend(qkv))
+    assert "aten._scaled_dot_product_flash_attention_for_cpu" in counted

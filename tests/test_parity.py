@@ -56,13 +56,13 @@ def test_image_embedding_matches(predictors):
 def test_image_embedding_matches_when_attention_bias_is_built_in_bands(models, image, monkeypatch, global_attention):
     """At full size the bias is built a head and a band of query rows at a time; force that here,
     with the global blocks' attention as oneDNN products (the CPU's) and as SDPA (everyone else's)."""
-    from segany.modeling import image_encoder
+    from segany.modeling import cpu_linear, image_encoder
 
     monkeypatch.setattr(image_encoder, "MASK_CHUNK_BYTES", 1)
     if global_attention == "sdpa":
         monkeypatch.setattr(image_encoder, "ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS", 2**62)
     else:
-        if not image_encoder.cpu_linear.ONEDNN:
+        if not cpu_linear.ONEDNN:
             pytest.skip("this PyTorch build or CPU has no oneDNN path")
         tokens = PARITY_CONFIG.embedding_size**2
         head_dim = PARITY_CONFIG.encoder_embed_dim // PARITY_CONFIG.encoder_num_heads

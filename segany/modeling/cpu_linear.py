@@ -72,9 +72,15 @@ def _activate(x: torch.Tensor, activation: nn.Module | None) -> torch.Tensor:
     return x if activation is None else activation(x)
 
 
+def onednn_inference(x: torch.Tensor) -> bool:
+    """Whether products of ``x`` may go through oneDNN: float32 in eager CPU inference, where
+    the op is there (the layers' weights are checked by :func:`linear` itself)."""
+    return ONEDNN and x.dtype == torch.float32 and eager_cpu_inference(x)
+
+
 def _takes_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the product of ``x`` and ``weight`` runs faster, and the same, through oneDNN."""
-    if not ONEDNN or x.dtype != torch.float32 or weight.dtype != torch.float32 or not eager_cpu_inference(x):
+    if not onednn_inference(x) or weight.dtype != torch.float32:
         return False
     if torch.is_grad_enabled() and weight.requires_grad:
         return False

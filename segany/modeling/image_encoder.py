@@ -17,16 +17,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from segany.modeling.blocks import DropPath, FeedForward, LayerNorm2d
-from segany.modeling import cpu_linear
-from segany.modeling.cpu_linear import linear
-from segany.modeling.streams import cpu_streams, eager_cpu_inference, map_in_streams
+from segany.modeling.cpu_linear import linear, onednn_inference
+from segany.modeling.streams import cpu_streams, map_in_streams
 
 # The relative-position bias is queries x keys per head (805 MB for vit_b's global blocks); it is
 # built and consumed one head and a band of query rows at a time, so that each piece stays in
 # the core's L2 cache instead of going through memory twice.
 MASK_CHUNK_BYTES = 2 * 2**20
-# On the CPU, in eager inference, each (image, head) pair whose attention is at least this many
-# multiply-adds runs as two oneDNN products and a softmax, pairs shared between CPU streams:
+# In float32 eager inference on the CPU, each (image, head) pair whose attention is at least this
+# many multiply-adds runs as two oneDNN products and a softmax, pairs shared between CPU streams:
 # a vit_b global block's attention took 0.40 s instead of SDPA's 0.51 (min of 8, 2 cores). The
 # 14 x 14 windows (2.5M each) stay in one batched SDPA call, where per-call costs are shared.
 ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS = 2**22
@@ -90,7 +89,7 @@ class RelPosAttention(nn.Module):
         tokens = height * width
         out = q.new_empty(batch, tokens, heads, dim // heads)
         products = tokens * tokens * (dim // heads)
-        if cpu_linear.ONEDNN and eager_cpu_inference(q) and products >= ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS:
+        if onednn_inference(q) and products >= ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS:
             pairs = [(image, head) for image in range(batch) for head in range(heads)]
             work = partial(self._attend_pair, q, k, v, rel_h, rel_w, out)
             with cpu_streams(q, tasks=len(pairs)) as streams:
