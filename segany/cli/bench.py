@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="exact", help="segany speed mode on CPU (exact, bf16, int8, compile, a+b)")
     parser.add_argument("--gpu-mode", default="bf16", help="segany speed mode on GPU (default bf16)")
     parser.add_argument("--gpu-batch", type=int, default=16, help="images per encoder batch for GPU throughput (default 16)")
-    parser.add_argument("--cpu-only", action="store_true", help="skip the GPU even when one is present")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--cpu-only", action="store_true", help="skip the GPU even when one is present")
+    only.add_argument("--gpu-only", action="store_true", help="skip the CPU (needs a CUDA GPU)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
 
@@ -132,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
 
     from segany.speed.measure import random_checkpoint
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
+    if args.gpu_only and not torch.cuda.is_available():
+        raise ValueError("--gpu-only needs a CUDA GPU, and PyTorch sees none")
+    devices = [] if args.gpu_only else ["cpu"]
+    devices += ["cuda"] if torch.cuda.is_available() and not args.cpu_only else []
     parse_mode(args.mode, "cpu")
     if "cuda" in devices:
         parse_mode(args.gpu_mode, "cuda")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from oracle import build_model_pair, official  # noqa: F401
 from segany.build import CONFIGS, save_sam
@@ -37,6 +38,8 @@ def test_one_side_reports_every_measure(tiny_checkpoint, capsys, mode):
         (["--mode", "turbo"], "unknown speed mode"),
         (["--model-type", "tiny"], "official package builds"),
         (["--image", "missing.jpg"], "missing.jpg"),
+        pytest.param(["--gpu-only"], "needs a CUDA GPU",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(flags, message, capsys):
