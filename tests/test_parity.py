@@ -52,15 +52,18 @@ def test_image_embedding_matches(predictors):
     assert ours.original_size == reference.original_size and ours.input_size == reference.input_size
 
 
-@pytest.mark.parametrize("global_attention", ["onednn", "sdpa"])
+@pytest.mark.parametrize("global_attention", ["onednn", "sdpa", "sdpa, all heads a call"])
 def test_image_embedding_matches_when_attention_bias_is_built_in_bands(models, image, monkeypatch, global_attention):
-    """At full size the bias is built a head and a band of query rows at a time; force that here,
-    with the global blocks' attention as oneDNN products (the CPU's) and as SDPA (everyone else's)."""
+    """At full size the bias is built a head (all heads on GPUs) and a band of query rows at a time;
+    force that here, with the global blocks' attention as oneDNN products (the CPU's) and as SDPA
+    (everyone else's), one head a call (the CPU's) or all heads (the GPUs')."""
     from segany.modeling import cpu_linear, image_encoder
 
     monkeypatch.setattr(image_encoder, "MASK_CHUNK_BYTES", 1)
-    if global_attention == "sdpa":
+    if global_attention.startswith("sdpa"):
         monkeypatch.setattr(image_encoder, "ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS", 2**62)
+        if global_attention.endswith("all heads a call"):
+            monkeypatch.setattr(image_encoder, "sdpa_layout", lambda device, heads: (heads, 1))
     else:
         if not cpu_linear.ONEDNN:
             pytest.skip("this PyTorch build or CPU has no oneDNN path")

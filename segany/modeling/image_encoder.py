@@ -2,7 +2,7 @@
 
 It runs once per image and is where almost all of SAM's compute goes. Attention never
 materialises the full attention matrix: the decomposed relative-position bias is built one head
-and a band of query rows at a time, and goes as an additive mask into
+(on GPUs, all heads) and a band of query rows at a time, and goes as an additive mask into
 ``scaled_dot_product_attention``, or, for global blocks in eager CPU inference, onto the band's
 logits between two oneDNN products (:mod:`segany.modeling.cpu_linear`), which run faster there.
 Windowed blocks project only the real tokens, not the padding.
@@ -29,6 +29,16 @@ MASK_CHUNK_BYTES = 2 * 2**20
 # a vit_b global block's attention took 0.40 s instead of SDPA's 0.51 (min of 8, 2 cores). The
 # 14 x 14 windows (2.5M each) stay in one batched SDPA call, where per-call costs are shared.
 ONEDNN_ATTENTION_MIN_MULTIPLY_ADDS = 2**22
+# Elsewhere (GPUs) each SDPA call is a kernel launch or several, and one per head and L2-sized band
+# (1,536 calls for vit_b's global blocks) made the float32 encoder 15x slower than the official one
+# on an H200: there all heads go in one call, in bands of query rows whose bias stays under this.
+GPU_MASK_CHUNK_BYTES = 256 * 2**20
+
+
+def sdpa_layout(device: torch.device, heads: int) -> tuple[int, int]:
+    """(heads per SDPA call, bias bytes per call) on ``device``: one head in L2-sized bands on the
+    CPU, all heads in large bands elsewhere."""
+    return (1, MASK_CHUNK_BYTES) if device.type == "cpu" else (heads, GPU_MASK_CHUNK_BYTES)
 
 
 def relative_position_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
@@ -95,20 +105,21 @@ class RelPosAttention(nn.Module):
             with cpu_streams(q, tasks=len(pairs)) as streams:
                 map_in_streams(work, pairs, streams)
             return out.view(batch, height, width, dim)
-        rows = max(1, MASK_CHUNK_BYTES // (q.element_size() * batch * width * tokens))
-        for head in range(heads):
-            one = slice(head, head + 1)
+        heads_per_call, budget = sdpa_layout(q.device, heads)
+        rows = max(1, budget // (q.element_size() * batch * heads_per_call * width * tokens))
+        for first in range(0, heads, heads_per_call):
+            group = slice(first, first + heads_per_call)
             for top in range(0, height, rows):
                 bottom = min(height, top + rows)
                 band = slice(top * width, bottom * width)
-                bias = rel_h[:, one, top:bottom, :, :, None] + rel_w[:, one, top:bottom, :, None, :]
+                bias = rel_h[:, group, top:bottom, :, :, None] + rel_w[:, group, top:bottom, :, None, :]
                 attended = F.scaled_dot_product_attention(
-                    q[:, one, band],
-                    k[:, one],
-                    v[:, one],
-                    attn_mask=bias.reshape(batch, 1, (bottom - top) * width, tokens),
+                    q[:, group, band],
+                    k[:, group],
+                    v[:, group],
+                    attn_mask=bias.reshape(batch, bias.shape[1], (bottom - top) * width, tokens),
                 )
-                out[:, band, head] = attended[:, 0]
+                out[:, band, group] = attended.transpose(1, 2)
         return out.view(batch, height, width, dim)
 
     @staticmethod
