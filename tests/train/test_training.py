@@ -1,9 +1,6 @@
 """The training run end to end: records, exact resuming, 2-process DDP, frozen-encoder fine-tuning, overfitting."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +14,7 @@ from segany.train.checkpoint import list_checkpoints
 from segany.train.config import config_from_dict
 from segany.train.loop import train
 
-from train_samples import fast_config, synthetic_samples
-
-REPO = Path(__file__).resolve().parents[2]
+from train_samples import fast_config, synthetic_samples, train_under_torchrun
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -100,19 +95,7 @@ def test_float16_weights_are_the_runs_weights_rounded(uninterrupted, tmp_path):
 
 
 def test_two_gloo_processes_give_the_weights_of_one_process(uninterrupted, tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from train_samples import fast_config, synthetic_samples\n"
-        "from segany.train.loop import train\n"
-        f"train(fast_config(), {str(tmp_path / 'run')!r}, dataset=synthetic_samples())\n"
-    )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=REPO,
-    )
+    result = train_under_torchrun(tmp_path / "run", processes=2, OMP_NUM_THREADS="1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_weights(tmp_path / "run" / "final.safetensors", uninterrupted / "final.safetensors", atol=1e-5)
 

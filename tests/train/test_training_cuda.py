@@ -4,9 +4,6 @@ Skipped without a CUDA GPU (CI has none); run on one with ``pytest tests/train/t
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +12,9 @@ import torch
 from segany.build import build_sam
 from segany.train.loop import train
 
-from train_samples import fast_config, synthetic_samples
+from train_samples import fast_config, synthetic_samples, train_under_torchrun
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def metrics(run: Path) -> list[dict]:
@@ -38,18 +33,7 @@ def test_whole_tiny_model_overfits_a_few_synthetic_masks_on_gpu(tmp_path):
 
 
 def test_torchrun_with_nccl_trains_on_the_gpu(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from train_samples import fast_config, synthetic_samples\n"
-        "from segany.train.loop import train\n"
-        f"train(fast_config(device='cuda'), {str(tmp_path / 'run')!r}, dataset=synthetic_samples())\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", str(script)],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ), cwd=REPO,
-    )
+    result = train_under_torchrun(tmp_path / "run", processes=1, device="cuda")
     assert result.returncode == 0, result.stderr[-3000:]
     records = metrics(tmp_path / "run")
     assert len(records) == fast_config().steps and all(record["loss"] == record["loss"] for record in records)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,3 +66,20 @@ def fast_config(**changes) -> TrainConfig:
             target = getattr(target, section)
         setattr(target, name, value)
     return config
+
+
+def train_under_torchrun(run: Path, processes: int, device: str = "cpu", **env: str) -> subprocess.CompletedProcess:
+    """``train(fast_config(device=device), run, synthetic_samples())`` in ``processes`` workers
+    started by ``torch.distributed.run`` (extra environment variables in ``env``)."""
+    script = run.parent / f"{run.name}_worker.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from train_samples import fast_config, synthetic_samples\n"
+        "from segany.train.loop import train\n"
+        f"train(fast_config(device={device!r}), {str(run)!r}, dataset=synthetic_samples())\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), str(script)],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, **env), cwd=Path(__file__).resolve().parents[2],
+    )
