@@ -12,8 +12,13 @@ import pytest
 import torch
 
 import segany
-from oracle import PROMPTS, blocky_image, build_model_pair
-from test_parity import assert_outputs_match, reference_logits
+from oracle import PROMPTS, assert_same_records, blocky_image, build_model_pair
+from test_parity import (
+    assert_batched_boxes_match,
+    assert_follow_up_with_mask_input_matches,
+    assert_outputs_match,
+    reference_logits,
+)
 
 from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator  # noqa: E402
 from segment_anything import SamPredictor as OfficialPredictor  # noqa: E402
@@ -62,21 +67,12 @@ def test_predict_matches_on_gpu(predictors, prompt, multimask_output, return_log
                          reference_logits(reference, kwargs))
 
 
-def test_mask_input_and_batched_boxes_match_on_gpu(predictors):
-    reference, ours = predictors
-    first = dict(PROMPTS["one point"], multimask_output=False)
-    previous = reference.predict(**first)[2]
-    kwargs = dict(first, mask_input=previous)
-    assert_outputs_match(reference.predict(**kwargs), ours.predict(**kwargs), False, reference_logits(reference, kwargs))
+def test_mask_input_from_previous_call_matches_on_gpu(predictors):
+    assert_follow_up_with_mask_input_matches(*predictors)
 
-    boxes = torch.tensor([[40.0, 30.0, 200.0, 160.0], [10.0, 10.0, 120.0, 90.0]], device="cuda")
-    boxes = ours.transform.apply_boxes_torch(boxes, ours.original_size)
-    expected = reference.predict_torch(None, None, boxes=boxes, multimask_output=True)
-    actual = ours.predict_torch(None, None, boxes=boxes, multimask_output=True)
-    assert all(tensor.device.type == "cuda" for tensor in actual)
-    torch.testing.assert_close(actual[1], expected[1], atol=1e-5, rtol=0)
-    torch.testing.assert_close(actual[2], expected[2], atol=1e-4, rtol=0)
-    assert (actual[0] != expected[0]).sum().item() <= 2
+
+def test_batched_boxes_through_predict_torch_on_gpu(predictors):
+    assert_batched_boxes_match(*predictors, device="cuda", max_flipped_pixels=2)
 
 
 def test_automatic_generator_matches_on_gpu(models):
@@ -90,10 +86,4 @@ def test_automatic_generator_matches_on_gpu(models):
     expected = OfficialGenerator(reference_model, **settings).generate(image)
     actual = SamAutomaticMaskGenerator(our_model, **settings).generate(image)
     assert expected, "degenerate test: the official generator kept no mask"
-    assert [got["point_coords"] for got in actual] == [want["point_coords"] for want in expected]
-    flipped = 0
-    for want, got in zip(expected, actual):
-        assert got["predicted_iou"] == pytest.approx(want["predicted_iou"], abs=1e-5)
-        assert got["stability_score"] == pytest.approx(want["stability_score"], abs=1e-4)
-        flipped += int((got["segmentation"] != want["segmentation"]).sum())
-    assert flipped <= 20, f"{flipped} mask pixels differ"
+    assert_same_records(expected, actual, max_flipped_pixels=20)

@@ -134,10 +134,10 @@ def run(args: argparse.Namespace) -> int:
 
     from segany.speed.measure import random_checkpoint
 
-    if args.gpu_only and not torch.cuda.is_available():
+    has_gpu = torch.cuda.is_available()
+    if args.gpu_only and not has_gpu:
         raise ValueError("--gpu-only needs a CUDA GPU, and PyTorch sees none")
-    devices = [] if args.gpu_only else ["cpu"]
-    devices += ["cuda"] if torch.cuda.is_available() and not args.cpu_only else []
+    devices = ([] if args.gpu_only else ["cpu"]) + (["cuda"] if has_gpu and not args.cpu_only else [])
     parse_mode(args.mode, "cpu")
     if "cuda" in devices:
         parse_mode(args.gpu_mode, "cuda")

@@ -1,6 +1,5 @@
 """The training run end to end: records, exact resuming, 2-process DDP, frozen-encoder fine-tuning, overfitting."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from segany.train.checkpoint import list_checkpoints
 from segany.train.config import config_from_dict
 from segany.train.loop import train
 
-from train_samples import fast_config, synthetic_samples, train_under_torchrun
+from train_samples import fast_config, run_metrics, synthetic_samples, train_under_torchrun
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -58,7 +57,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 def test_run_directory_holds_config_metrics_plot_checkpoints_and_loadable_weights(uninterrupted):
     config = config_from_dict(yaml.safe_load((uninterrupted / "config.yaml").read_text()))
     assert config == fast_config()
-    records = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    records = run_metrics(uninterrupted)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and 0 <= r["miou"] <= 1 and r["objects"] == 4 for r in records)
     assert (uninterrupted / "plot.png").read_bytes()[:4] == b"\x89PNG"
@@ -78,7 +77,7 @@ def test_resumed_run_reproduces_the_uninterrupted_run(uninterrupted, tmp_path):
         train(fast_config(optim__lr=0.1), tmp_path, resume=True, dataset=synthetic_samples())
     train(fast_config(), tmp_path, resume=True, dataset=synthetic_samples())
     assert_same_weights(tmp_path / "final.safetensors", uninterrupted / "final.safetensors")
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = run_metrics(tmp_path)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
 
 
@@ -153,7 +152,7 @@ def test_tiny_model_overfits_a_few_synthetic_masks(tmp_path):
                          optim__warmup_steps=5, optim__grad_clip_norm=1.0, model__freeze=["image_encoder"],
                          prompts__rounds=2)
     train(config, tmp_path, dataset=synthetic_samples(1))
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = run_metrics(tmp_path)
     assert records[0]["miou"] < 0.5
     assert records[-1]["miou"] >= 0.9 and records[-1]["miou_first"] >= 0.9, records[-1]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,11 @@ def fast_config(**changes) -> TrainConfig:
             target = getattr(target, section)
         setattr(target, name, value)
     return config
+
+
+def run_metrics(run: Path) -> list[dict]:
+    """The records a training run wrote to its metrics.jsonl, in order."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def train_under_torchrun(run: Path, processes: int, device: str = "cpu", **env: str) -> subprocess.CompletedProcess:
