@@ -12,10 +12,14 @@ arithmetic would take at this machine's float32 matmul rate (measured in each si
 the predict figure leaves out the masks' resizing to the photo, which is not matrix work).
 
     python benches/bench_predictor.py [--model vit_b] [--ours default] [--encoder-runs 3] [--prompts 20] [--rounds 1]
+                                      [--paired N [--burst 8]]
 
 ``--rounds N`` runs the pair N times, alternating which side goes first, prints each round's
 ratios and then the table of each measure's median over the rounds: on a machine whose speed
-drifts between minutes, that keeps one side from taking all of a slow spell.
+drifts between minutes, that keeps one side from taking all of a slow spell. ``--paired N`` then
+keeps both sides alive in two processes and times N pairs of predict bursts, the sides taking
+turns burst by burst, and prints the median of the pairs' ratios: the figure least moved by the
+machine's drift (each burst's first prompt follows the other side's burst, as in interactive use).
 """
 
 from __future__ import annotations
@@ -23,11 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import SAMPLE_IMAGE, kernel_cpu_s, peak_rss_mib, print_table, random_checkpoint, run_side, timed  # noqa: E402
@@ -36,27 +45,38 @@ from harness import SAMPLE_IMAGE, kernel_cpu_s, peak_rss_mib, print_table, rando
 EMBEDDED_TARGETS = {"encoder_s": 1.0, "predict_s": 0.020}
 
 
-def measure(side: str, checkpoint: str, model_type: str, encoder_runs: int, prompts: int, ours: str | None) -> dict:
+def build_predictor(side: str, checkpoint: str, model_type: str, ours: str | None) -> tuple[Any, np.ndarray]:
+    """One side's predictor and the sample photo."""
     from segany.io import read_image
 
     image = read_image(SAMPLE_IMAGE)
     if side == "official":
         from segment_anything import SamPredictor, sam_model_registry
 
-        predictor = SamPredictor(sam_model_registry[model_type](checkpoint=checkpoint))
-    else:
-        from segany import SamPredictor, build_sam, sam_model_registry
+        return SamPredictor(sam_model_registry[model_type](checkpoint=checkpoint)), image
+    from segany import SamPredictor, build_sam, sam_model_registry
 
-        model = build_sam("default") if ours == "default" else sam_model_registry[model_type](checkpoint=checkpoint)
-        predictor = SamPredictor(model)
-    encoder = timed(lambda: predictor.set_image(image), encoder_runs)
+    model = build_sam("default") if ours == "default" else sam_model_registry[model_type](checkpoint=checkpoint)
+    return SamPredictor(model), image
+
+
+def prompt_asker(predictor: Any, image: np.ndarray, prompts: int) -> Callable[[], None]:
+    """A call that asks the predictor for the next of ``prompts`` seeded random points (multimask)."""
     rng = np.random.default_rng(0)
     height, width = image.shape[:2]
     points = rng.uniform([0, 0], [width - 1, height - 1], size=(prompts, 2))
+    counter = iter(range(10**9))
 
-    def ask(index=iter(range(10**9))):
-        predictor.predict(points[next(index) % prompts][None], np.array([1]), multimask_output=True)
+    def ask() -> None:
+        predictor.predict(points[next(counter) % prompts][None], np.array([1]), multimask_output=True)
 
+    return ask
+
+
+def measure(side: str, checkpoint: str, model_type: str, encoder_runs: int, prompts: int, ours: str | None) -> dict:
+    predictor, image = build_predictor(side, checkpoint, model_type, ours)
+    encoder = timed(lambda: predictor.set_image(image), encoder_runs)
+    ask = prompt_asker(predictor, image, prompts)
     ask()  # warm-up
     predict = timed(ask, prompts)
     results = {"encoder_s": encoder, "predict_s": predict, "peak_mib": peak_rss_mib(), "kernel_s": kernel_cpu_s()}
@@ -70,6 +90,53 @@ def measure(side: str, checkpoint: str, model_type: str, encoder_runs: int, prom
     with FlopCounter() as counted:
         ask()
     return results | {"predict_flops": counted.total, "matmul_flops_per_s": matmul_rate()}
+
+
+def serve_bursts(side: str, checkpoint: str, model_type: str, ours: str | None, prompts: int, burst: int) -> None:
+    """The paired mode's side: set the photo, then for each line on stdin time ``burst`` prompts
+    and print their median (seconds)."""
+    predictor, image = build_predictor(side, checkpoint, model_type, ours)
+    predictor.set_image(image)
+    ask = prompt_asker(predictor, image, prompts)
+    ask()  # warm-up
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        times = []
+        for _ in range(burst):
+            start = time.perf_counter()
+            ask()
+            times.append(time.perf_counter() - start)
+        print(statistics.median(times), flush=True)
+
+
+def paired(script: Path, common: list[str], pairs: int, burst: int) -> None:
+    """Predict on both sides in two live processes, ``burst`` prompts at a time, taking turns:
+    each pair of bursts runs within a second, so the machine's drift (which moves a round's
+    ratio by a factor of two on the development VM) hits both sides alike."""
+    sides = ("official", "segany")
+    command = [sys.executable, str(script), "--serve", str(burst), *common]
+    processes = {
+        side: subprocess.Popen([*command, "--side", side], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for side in sides
+    }
+    try:
+        for side, process in processes.items():
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the {side} side did not start (exit code {process.wait()})")
+        times = {side: [] for side in sides}
+        for index in tqdm(range(pairs), desc="paired bursts", leave=False):
+            for side in sides if index % 2 == 0 else sides[::-1]:
+                processes[side].stdin.write("go\n")
+                processes[side].stdin.flush()
+                times[side].append(float(processes[side].stdout.readline()))
+    finally:
+        for process in processes.values():
+            process.stdin.close()
+            process.wait()
+    official, ours = (statistics.median(times[side]) * 1e3 for side in sides)
+    ratio = statistics.median(o / s for o, s in zip(times["official"], times["segany"], strict=True))
+    print(f"predict, paired ({pairs} bursts of {burst} prompts, the sides taking turns): official {official:.1f} ms, "
+          f"segany {ours:.1f} ms (medians), ratio {ratio:.2f}x (median of the pairs' ratios)")
 
 
 def medians(runs: list[dict]) -> dict:
@@ -102,9 +169,16 @@ def main() -> None:
     parser.add_argument("--encoder-runs", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=1, help="pairs of runs, sides alternating first")
+    parser.add_argument("--paired", type=int, default=0, metavar="N",
+                        help="then N pairs of predict bursts, the two sides taking turns (drift-robust ratio)")
+    parser.add_argument("--burst", type=int, default=8, help="prompts per burst with --paired")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         torch.set_grad_enabled(False)
+        if args.serve:
+            serve_bursts(args.side, args.checkpoint, args.model, args.ours, args.prompts, args.serve)
+            return
         print(json.dumps(measure(args.side, args.checkpoint, args.model, args.encoder_runs, args.prompts, args.ours)))
         return
     checkpoint = random_checkpoint(args.model)
@@ -131,6 +205,8 @@ def main() -> None:
         ("kernel CPU time, whole side (page faults)", official["kernel_s"], ours["kernel_s"], "s"),
     ])
     print_arithmetic(official, ours)
+    if args.paired:
+        paired(Path(__file__), common, args.paired, args.burst)
     if args.ours:
         for name, target in EMBEDDED_TARGETS.items():
             verdict = "met" if ours[name] <= target else "missed"
