@@ -128,7 +128,10 @@ def paired(script: Path, common: list[str], pairs: int, burst: int) -> None:
             for side in sides if index % 2 == 0 else sides[::-1]:
                 processes[side].stdin.write("go\n")
                 processes[side].stdin.flush()
-                times[side].append(float(processes[side].stdout.readline()))
+                answer = processes[side].stdout.readline()
+                if not answer:
+                    raise RuntimeError(f"the {side} side stopped (exit code {processes[side].wait()})")
+                times[side].append(float(answer))
     finally:
         for process in processes.values():
             process.stdin.close()
