@@ -29,7 +29,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,12 +100,7 @@ def serve_bursts(side: str, checkpoint: str, model_type: str, ours: str | None, 
     ask()  # warm-up
     print("ready", flush=True)
     for _ in sys.stdin:
-        times = []
-        for _ in range(burst):
-            start = time.perf_counter()
-            ask()
-            times.append(time.perf_counter() - start)
-        print(statistics.median(times), flush=True)
+        print(timed(ask, burst), flush=True)
 
 
 def paired(script: Path, common: list[str], pairs: int, burst: int) -> None:
