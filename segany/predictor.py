@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
@@ -9,6 +11,7 @@ from segany.io import check_image_array
 from segany.modeling import Sam
 from segany.modeling.streams import cpu_streams
 from segany.prompt_checks import check_box, check_mask_input, check_points
+from segany.speed.cuda_graphs import PromptGraphs, storage_state
 from segany.text import PromptEmbedder
 from segany.transforms import ResizeLongestSide
 
@@ -18,14 +21,20 @@ class ImageNotSetError(RuntimeError, ValueError):
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam, text_encoder: PromptEmbedder | None = None) -> None:
+    def __init__(
+        self, sam_model: Sam, text_encoder: PromptEmbedder | None = None, cuda_graphs: bool = True
+    ) -> None:
         """``text_encoder`` (e.g. :class:`segany.text.OpenClipEmbedder`) enables ``predict(text=...)``
-        on a model trained with text prompts."""
+        on a model trained with text prompts. On a GPU, a kind of prompt asked a second time on
+        an image is replayed as a CUDA graph (:mod:`segany.speed.cuda_graphs`; same results,
+        without the CPU's launch overhead) unless ``cuda_graphs`` is False."""
         if text_encoder is not None:
             sam_model.prompt_encoder.check_text_width(text_encoder.embed_dim)
         self.model = sam_model
         self.text_encoder = text_encoder
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self._graphs = PromptGraphs() if cuda_graphs else None
+        self._image_generation = 0
         self.reset_image()
 
     @property
@@ -33,6 +42,7 @@ class SamPredictor:
         return self.model.device
 
     def reset_image(self) -> None:
+        self._image_generation += 1  # graphs of the previous image's prompts no longer apply
         self.is_image_set = False
         self.features: torch.Tensor | None = None
         self._image_pe: torch.Tensor | None = None
@@ -84,6 +94,7 @@ class SamPredictor:
         self._image_pe = self.model.prompt_encoder.get_dense_pe()
         no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         self._image_side = self.model.mask_decoder.image_side(self.features, self._image_pe, no_mask)
+        self._image_generation += 1
         self.is_image_set = True
 
     def predict(
@@ -139,16 +150,35 @@ class SamPredictor:
         """Batched prompts already in the resized frame (see ``transform``): BxNx2, BxN, Bx4, Bx1xhxw,
         and CLIP embeddings BxTxD (T text tokens per prompt)."""
         self._require_image()
-        points = None
-        if point_coords is not None:
-            if point_labels is None or point_coords.shape[:2] != point_labels.shape[:2] or point_coords.shape[-1] != 2:
-                raise ValueError(
-                    "point_coords must be BxNx2 with point_labels BxN, got "
-                    f"{tuple(point_coords.shape)} and {None if point_labels is None else tuple(point_labels.shape)}"
-                )
-            points = (point_coords, point_labels)
+        if point_coords is not None and (
+            point_labels is None or point_coords.shape[:2] != point_labels.shape[:2] or point_coords.shape[-1] != 2
+        ):
+            raise ValueError(
+                "point_coords must be BxNx2 with point_labels BxN, got "
+                f"{tuple(point_coords.shape)} and {None if point_labels is None else tuple(point_labels.shape)}"
+            )
         if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
             raise ValueError(f"boxes must be Bx4 (XYXY), got {tuple(boxes.shape)}")
+        inputs = (point_coords, point_labels, boxes, mask_input, text_embeddings)
+        answer = partial(self._answer, multimask_output=multimask_output, return_logits=return_logits)
+        if self._graphs is None or self.features.device.type != "cuda":
+            return answer(*inputs)
+        model = self.model
+        state = (self._image_generation, storage_state(model.prompt_encoder, model.mask_decoder))
+        return self._graphs.run((multimask_output, return_logits), state, answer, inputs)
+
+    def _answer(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        text_embeddings: torch.Tensor | None,
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`predict_torch` on checked inputs, eagerly."""
+        points = None if point_coords is None else (point_coords, point_labels)
         # On the CPU the prompt's work is split between parallel streams (segany.modeling.streams).
         with cpu_streams(self.features) as streams:
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input, text=text_embeddings)

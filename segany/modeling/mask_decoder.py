@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from segany.modeling.blocks import LayerNorm2d, MultiLayerPerceptron
 from segany.modeling.cpu_linear import linear
 from segany.modeling.streams import eager_cpu_inference, in_streams, split_range
-from segany.modeling.transformer import ImageSide, TwoWayTransformer
+from segany.modeling.transformer import ImageSide, TwoWayTransformer, take_tokens
 
 # Image tokens upscaled at once on the CPU: 1,024 tokens' features (6 MB) stay in the cache.
 UPSCALE_CHUNK_TOKENS = 1024
@@ -173,7 +173,7 @@ class MaskDecoder(nn.Module):
         return DecodedPrompts(
             hyper_in=hyper_in,
             image_tokens=image_tokens,
-            iou_predictions=self.iou_prediction_head(token_out[:, 0])[:, masks],
+            iou_predictions=take_tokens(self.iou_prediction_head(token_out[:, 0]), masks),
             grid=tuple(image_pe.shape[-2:]),
         )
 

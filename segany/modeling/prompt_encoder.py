@@ -46,8 +46,11 @@ class RandomFourierEncoding(nn.Module):
 
     def points(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Encoding of pixel-space points (B x N x 2, x then y) inside an image of (H, W)."""
-        normalised = coords / coords.new_tensor([image_size[1], image_size[0]])
-        return self.encode(normalised.float())
+        # x over the width, y over the height. Filled on the device, not built from a list (a copy
+        # from the host), so that a CUDA graph can capture it (segany.speed.cuda_graphs).
+        size = coords.new_full((2,), image_size[1])
+        size[1:].fill_(image_size[0])
+        return self.encode((coords / size).float())
 
 
 class PromptEncoder(nn.Module):

@@ -162,6 +162,19 @@ class ImageUpdate:
         return torch.baddbmm(residual, weights, self.values)
 
 
+def take_tokens(tokens: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    """``tokens[:, indices]`` (B x T x ...) from slices of consecutive indices: no index tensor is
+    copied to the device, so a CUDA graph can capture it (segany.speed.cuda_graphs)."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([index, index + 1])
+    parts = [tokens[:, start:stop] for start, stop in runs]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 class PixelSplit:
     """The image tokens cut into contiguous ranges, with their per-range work run inline for one
     range and in parallel CPU streams (:func:`segany.modeling.streams.in_streams`) for several."""
@@ -331,8 +344,8 @@ class TwoWayTransformer(nn.Module):
                 reading = reader.attend_tokens(queries, pe)
                 to_image, read_pe = reader.cross_attn_token_to_image, pe
             else:
-                reading = queries if outputs is None else queries[:, outputs]
-                to_image, read_pe = self.final_attn_token_to_image, pe if outputs is None else pe[:, outputs]
+                reading = queries if outputs is None else take_tokens(queries, outputs)
+                to_image, read_pe = self.final_attn_token_to_image, pe if outputs is None else take_tokens(pe, outputs)
             # Once updated, the image tokens have one entry per prompt.
             folded = to_image.fold_queries(reading + read_pe, len(queries))
             update = layer.image_update(queries, pe, image_batch if index == 0 else len(queries), projected=index == 0)
