@@ -117,6 +117,13 @@ def storage_state(*modules: torch.nn.Module) -> tuple[int, ...]:
     """The addresses of the modules' parameters and buffers: a graph captured on them is valid
     while these stay (in-place updates, e.g. ``load_state_dict``, keep them; moving or
     replacing a tensor does not)."""
-    return tuple(
-        tensor.data_ptr() for module in modules for tensor in (*module.parameters(), *module.buffers())
-    )
+    # Walked by hand: parameters() and buffers() took 2.5x as long (261 against 106 us for
+    # vit_b's prompt encoder and decoder), and this runs every prompt.
+    addresses = []
+    for module in modules:
+        for part in module.modules():
+            for tensors in (part._parameters, part._buffers):
+                for tensor in tensors.values():
+                    if tensor is not None:
+                        addresses.append(tensor.data_ptr())
+    return tuple(addresses)
