@@ -145,3 +145,47 @@ def test_cpu_predictor_captures_nothing():
     for step in range(3):
         predictor.predict(**shifted(PROMPTS["one point"], step))
     assert not predictor._graphs._graphs
+
+
+class FakeCapture:
+    """Stands in for a captured graph on the CPU: counts its replays."""
+
+    def __init__(self) -> None:
+        self.replays = 0
+
+    def replay(self, inputs) -> tuple:
+        self.replays += 1
+        return ("replayed",)
+
+
+def test_graph_cache_captures_second_ask_and_drops_on_new_state(monkeypatch):
+    from segany.speed.cuda_graphs import PromptGraphs
+
+    graphs = PromptGraphs(capacity=2)
+    captures = []
+    monkeypatch.setattr(graphs, "_capture", lambda run, inputs: captures.append(FakeCapture()) or captures[-1])
+    eager = lambda *inputs: ("eager",)  # noqa: E731
+    point = (torch.zeros(1, 1, 2), None)
+    assert graphs.run("kind", 0, eager, point) == ("eager",)  # first ask: eager, no capture
+    assert not captures
+    assert graphs.run("kind", 0, eager, point) == ("replayed",)  # second: captured and replayed
+    assert graphs.run("kind", 0, eager, point) == ("replayed",) and len(captures) == 1
+    assert graphs.run("kind", 1, eager, point) == ("eager",)  # new image or weights: all dropped
+    other_shapes = [(torch.zeros(1, n, 2), None) for n in (2, 3)]
+    for inputs in other_shapes:  # two more kinds fill the capacity of 2, evicting the oldest
+        graphs.run("kind", 1, eager, inputs)
+        graphs.run("kind", 1, eager, inputs)
+    graphs.run("kind", 1, eager, point)
+    graphs.run("kind", 1, eager, point)
+    kept = [signature[0][0] for _, signature in graphs._graphs]  # the point inputs' shapes, oldest first
+    assert kept == [(1, 3, 2), (1, 1, 2)] and len(captures) == 4
+
+
+def test_failed_capture_keeps_that_kind_eager(monkeypatch):
+    from segany.speed.cuda_graphs import PromptGraphs
+
+    graphs = PromptGraphs()
+    monkeypatch.setattr(graphs, "_capture", lambda run, inputs: None)
+    eager = lambda *inputs: ("eager",)  # noqa: E731
+    point = (torch.zeros(1, 1, 2),)
+    assert [graphs.run("kind", 0, eager, point) for _ in range(3)] == [("eager",)] * 3

@@ -72,16 +72,14 @@ class PromptGraphs:
             self.clear()
             self._state = state
         key = (kind, _signature(inputs))
-        if key in self._graphs:
-            captured = self._graphs[key]
-            return run(*inputs) if captured is None else captured.replay(inputs)
-        if key not in self._seen:
-            self._seen.add(key)
-            return run(*inputs)
-        captured = self._capture(run, inputs)
-        self._graphs[key] = captured
-        if len(self._graphs) > self.capacity:
-            self._graphs.popitem(last=False)
+        if key not in self._graphs:
+            if key not in self._seen:
+                self._seen.add(key)
+                return run(*inputs)
+            self._graphs[key] = self._capture(run, inputs)
+            if len(self._graphs) > self.capacity:
+                self._graphs.popitem(last=False)  # the oldest; never the one just captured
+        captured = self._graphs[key]
         return run(*inputs) if captured is None else captured.replay(inputs)
 
     def _capture(self, run: Callable[..., Outputs], inputs: Sequence[torch.Tensor | None]) -> _Captured | None:
