@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import numpy as np
 import torch
-from harness import SAMPLE_IMAGE, print_table, random_checkpoint
+from harness import SAMPLE_IMAGE, print_table, prompt_asker, random_checkpoint, timed
 
 from segany.io import read_image
 
@@ -49,33 +47,25 @@ def main() -> None:
         "segany (graphs)": segany.SamPredictor(model),
         "segany (eager)": segany.SamPredictor(model, cuda_graphs=False),
     }
-    height, width = image.shape[:2]
-    points = np.random.default_rng(0).uniform([0, 0], [width - 1, height - 1], size=(args.prompts + 3, 2))
-
-    def ask(predictor, index: int) -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        predictor.predict(points[index % len(points)][None], np.array([1]))  # masks come back to the host
-        torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     first_two = {}
     held, extra = {}, {}
     with torch.inference_mode():
+        asks = {}
         for name, predictor in sides.items():
             predictor.set_image(image)
             torch.cuda.synchronize()
             held[name] = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-            first_two[name] = [ask(predictor, 0), ask(predictor, 1)]
-            ask(predictor, 2)
+            asks[name] = prompt_asker(predictor, image, args.prompts)  # masks come back to the host
+            first_two[name] = [timed(asks[name], 1, "cuda"), timed(asks[name], 1, "cuda")]
+            asks[name]()
             extra[name] = torch.cuda.max_memory_allocated() - held[name]
         times = {name: [] for name in sides}
         for burst in range(0, args.prompts, args.burst):
             order = list(sides) if (burst // args.burst) % 2 == 0 else list(reversed(sides))
             for name in order:
-                for index in range(burst, min(args.prompts, burst + args.burst)):
-                    times[name].append(ask(sides[name], 3 + index))
+                for _ in range(burst, min(args.prompts, burst + args.burst)):
+                    times[name].append(timed(asks[name], 1, "cuda"))
 
     median = {name: statistics.median(values) * 1000 for name, values in times.items()}
     print(f"\n{torch.cuda.get_device_name()}: {args.model_type} (seeded random weights), {args.prompts} prompts a side, "

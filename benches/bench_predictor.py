@@ -29,7 +29,6 @@ import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,16 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import SAMPLE_IMAGE, kernel_cpu_s, peak_rss_mib, print_table, random_checkpoint, run_side, timed  # noqa: E402
+from harness import (  # noqa: E402
+    SAMPLE_IMAGE,
+    kernel_cpu_s,
+    peak_rss_mib,
+    print_table,
+    prompt_asker,
+    random_checkpoint,
+    run_side,
+    timed,
+)
 
 
 EMBEDDED_TARGETS = {"encoder_s": 1.0, "predict_s": 0.020}
@@ -57,19 +65,6 @@ def build_predictor(side: str, checkpoint: str, model_type: str, ours: str | Non
 
     model = build_sam("default") if ours == "default" else sam_model_registry[model_type](checkpoint=checkpoint)
     return SamPredictor(model), image
-
-
-def prompt_asker(predictor: Any, image: np.ndarray, prompts: int) -> Callable[[], None]:
-    """A call that asks the predictor for the next of ``prompts`` seeded random points (multimask)."""
-    rng = np.random.default_rng(0)
-    height, width = image.shape[:2]
-    points = rng.uniform([0, 0], [width - 1, height - 1], size=(prompts, 2))
-    counter = iter(range(10**9))
-
-    def ask() -> None:
-        predictor.predict(points[next(counter) % prompts][None], np.array([1]), multimask_output=True)
-
-    return ask
 
 
 def measure(side: str, checkpoint: str, model_type: str, encoder_runs: int, prompts: int, ours: str | None) -> dict:
