@@ -10,6 +10,7 @@ import torch
 from segany.io import check_image_array
 from segany.modeling import Sam
 from segany.modeling.streams import cpu_streams
+from segany.modeling.weight_state import weights_state
 from segany.prompt_checks import check_box, check_mask_input, check_points
 from segany.speed.cuda_graphs import PromptGraphs, storage_state
 from segany.text import PromptEmbedder
@@ -47,6 +48,7 @@ class SamPredictor:
         self.features: torch.Tensor | None = None
         self._image_pe: torch.Tensor | None = None
         self._image_side = None
+        self._image_side_state: tuple = ()
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
@@ -90,12 +92,23 @@ class SamPredictor:
         self.orig_h, self.orig_w = self.original_size
         self.input_h, self.input_w = self.input_size
         self.features = features.to(self.device)
-        # Prompt-independent decoder work, shared by every prompt without a mask input.
-        self._image_pe = self.model.prompt_encoder.get_dense_pe()
-        no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        self._image_side = self.model.mask_decoder.image_side(self.features, self._image_pe, no_mask)
-        self._image_generation += 1
+        self._make_image_side()
         self.is_image_set = True
+
+    def _make_image_side(self) -> None:
+        """The prompt-independent decoder work on the image, shared by every prompt without a
+        mask input, and the state of the weights it was made from."""
+        encoder = self.model.prompt_encoder
+        self._image_side_state = self._image_side_weights_state()
+        self._image_pe = encoder.get_dense_pe()
+        no_mask = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        self._image_side = self.model.mask_decoder.image_side(self.features, self._image_pe, no_mask)
+        self._image_generation += 1  # graphs that read the previous image side no longer apply
+
+    def _image_side_weights_state(self) -> tuple:
+        """The :func:`weights_state` of what :meth:`_make_image_side` reads: when it changes
+        (weights loaded or trained in place after ``set_image``), the image side is made again."""
+        return weights_state(*self.model.prompt_encoder.dense_weights(), *self.model.mask_decoder.image_side_weights())
 
     def predict(
         self,
@@ -159,6 +172,8 @@ class SamPredictor:
             )
         if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
             raise ValueError(f"boxes must be Bx4 (XYXY), got {tuple(boxes.shape)}")
+        if self._image_side_weights_state() != self._image_side_state:
+            self._make_image_side()
         inputs = (point_coords, point_labels, boxes, mask_input, text_embeddings)
         answer = partial(self._answer, multimask_output=multimask_output, return_logits=return_logits)
         if self._graphs is None or self.features.device.type != "cuda":

@@ -119,3 +119,78 @@ def test_global_attention_of_a_bfloat16_encoder_keeps_sdpa(monkeypatch):
     with torch.inference_mode():
         counted = ops_run(lambda: attention.attend(qkv))
     assert "aten._scaled_dot_product_flash_attention_for_cpu" in counted
+
+
+@needs_onednn
+def test_prepacked_weights_give_the_same_values_and_follow_the_weights():
+    """A packed copy is reused while its weight is unchanged and redone after any change: an
+    in-place update (optimizer step, load_state_dict) or a new tensor put in its place."""
+    layer, x = layer_and_input(rows=64, width=256, out=512)
+    packed_ops = {}
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            packed = cpu_linear.linear(x, layer, nn.ReLU(), prepacked=True)
+            packed_ops["copy"] = cpu_linear._packed_weights[id(layer.weight)][2]
+            return packed, cpu_linear.linear(x, layer, nn.ReLU())
+
+    packed, plain = both()
+    assert torch.equal(packed, plain)
+    first_copy = packed_ops["copy"]
+    both()
+    assert packed_ops["copy"] is first_copy, "an unchanged weight is packed once"
+    with torch.no_grad():
+        layer.weight.mul_(-1.5)
+    packed, plain = both()
+    assert torch.equal(packed, plain) and packed_ops["copy"] is not first_copy
+    layer.load_state_dict({"weight": torch.randn(512, 256), "bias": layer.bias.detach()})
+    packed, plain = both()
+    assert torch.equal(packed, plain)
+    layer.weight = nn.Parameter(torch.randn(512, 256))
+    packed, plain = both()
+    assert torch.equal(packed, plain)
+    key = id(layer.weight)
+    del layer, packed_ops["copy"]
+    assert key not in cpu_linear._packed_weights, "the packed copy goes with its weight"
+
+
+@needs_onednn
+def test_prepacked_inference_weights_are_packed_but_not_kept():
+    with torch.inference_mode():
+        layer, x = layer_and_input(rows=64, width=256, out=512)
+        packed = cpu_linear.linear(x, layer, prepacked=True)
+        assert torch.equal(packed, cpu_linear.linear(x, layer))
+    assert id(layer.weight) not in cpu_linear._packed_weights
+
+
+def test_the_predictor_follows_prompt_weights_updated_in_place():
+    """What a predictor keeps between prompts (the image side of the decoder's first block, the
+    packed MLP weights, the upscaling matrices) must follow the prompt encoder's and decoder's
+    weights when they change in place after set_image, as the official predictor's answers do."""
+    from segany import SamPredictor
+    from segany.build import SamConfig, build_model
+
+    config = SamConfig(
+        encoder_embed_dim=96, encoder_depth=2, encoder_num_heads=3, encoder_global_attn_indexes=(1,),
+        image_size=320, window_size=7,
+    )
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    torch.manual_seed(1)
+    other = build_model(config).eval()
+    image = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    point = dict(point_coords=np.array([[100.0, 50.0]]), point_labels=np.array([1]), return_logits=True)
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    before = predictor.predict(**point)
+    model.mask_decoder.load_state_dict(other.mask_decoder.state_dict())
+    model.prompt_encoder.load_state_dict(other.prompt_encoder.state_dict())
+    after = predictor.predict(**point)
+    rebuilt = build_model(config).eval()  # the same weights, nothing kept from earlier prompts
+    rebuilt.load_state_dict(model.state_dict())
+    fresh = SamPredictor(rebuilt)
+    fresh.set_image(image)
+    expected = fresh.predict(**point)
+    assert not np.allclose(before[0], expected[0], atol=1e-3), "degenerate test: the weights must matter"
+    for got, want in zip(after, expected):
+        np.testing.assert_array_equal(got, want)

@@ -31,16 +31,22 @@ class LayerNorm2d(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Two linear layers with an activation between: the transformer MLP."""
+    """Two linear layers with an activation between: the transformer MLP. ``prepacked`` keeps
+    the weights in oneDNN's layout between calls (:mod:`segany.modeling.cpu_linear`), for an MLP
+    that runs on a few rows at a time, over and over (the mask decoder's, once per prompt)."""
 
-    def __init__(self, dim: int, hidden_dim: int, activation: type[nn.Module] = nn.GELU) -> None:
+    def __init__(
+        self, dim: int, hidden_dim: int, activation: type[nn.Module] = nn.GELU, prepacked: bool = False
+    ) -> None:
         super().__init__()
         self.lin1 = nn.Linear(dim, hidden_dim)
         self.lin2 = nn.Linear(hidden_dim, dim)
         self.act = activation()
+        self.prepacked = prepacked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(linear(x, self.lin1, self.act), self.lin2)
+        hidden = linear(x, self.lin1, self.act, prepacked=self.prepacked)
+        return linear(hidden, self.lin2, prepacked=self.prepacked)
 
 
 class MultiLayerPerceptron(nn.Module):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,8 +25,9 @@ from torch.nn import functional as F
 
 from segany.modeling.blocks import LayerNorm2d, MultiLayerPerceptron
 from segany.modeling.cpu_linear import linear
-from segany.modeling.streams import eager_cpu_inference, in_streams, split_range
+from segany.modeling.streams import capturing_graph, eager_cpu_inference, in_streams, split_range
 from segany.modeling.transformer import ImageSide, TwoWayTransformer, take_tokens
+from segany.modeling.weight_state import weights_state
 
 # Image tokens upscaled at once on the CPU: 1,024 tokens' features (6 MB) stay in the cache.
 UPSCALE_CHUNK_TOKENS = 1024
@@ -66,6 +68,15 @@ class DecodedPrompts:
         )
 
 
+class UpscalingMatrices(NamedTuple):
+    """The upscaling's transposed convolutions as matmul weights and biases."""
+
+    first_weight: torch.Tensor  # (2 x 2 x C/4) x C
+    first_bias: torch.Tensor
+    second_weights: tuple[torch.Tensor, ...]  # per output row offset k: (2 x C/8) x C/4
+    second_biases: tuple[torch.Tensor, ...]
+
+
 class MaskDecoder(nn.Module):
     def __init__(
         self,
@@ -96,12 +107,18 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MultiLayerPerceptron(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
+        # (the upscaling tensors' weights_state, the matrices made of them): see _upscaling_layers
+        self._upscaling_cache: tuple[tuple, UpscalingMatrices] | None = None
 
     def image_side(
         self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_prompt_embeddings: torch.Tensor
     ) -> ImageSide:
         """Prompt-independent work for one image and dense prompt, reusable across sparse prompts."""
         return self.transformer.image_side(image_embeddings + dense_prompt_embeddings, image_pe)
+
+    def image_side_weights(self) -> tuple[torch.Tensor, ...]:
+        """The weights :meth:`image_side` reads."""
+        return self.transformer.image_side_weights()
 
     def forward(
         self,
@@ -232,11 +249,32 @@ class MaskDecoder(nn.Module):
         logits = self.upscale_masks(decoded.window(token_rows, token_columns))
         return logits, (per_token * token_rows.start, per_token * token_columns.start)
 
-    def _upscaling_layers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Both transposed convolutions as matmul weights and biases (made once per upscaling,
-        not once per chunk)."""
+    def _upscaling_layers(self) -> UpscalingMatrices:
+        """Both transposed convolutions as matmul weights and biases. In eager inference they are
+        kept until the convolutions' tensors change (:mod:`segany.modeling.weight_state`), so that
+        every prompt reuses them, and their oneDNN packing (:mod:`segany.modeling.cpu_linear`)."""
         first, _, _, second, _ = self.output_upscaling
-        return self._as_matrix(first), first.bias.repeat(4), self._as_matrix(second), second.bias.repeat(4)
+        sources = (first.weight, first.bias, second.weight, second.bias)
+        if torch.is_grad_enabled() or capturing_graph() or any(source.is_inference() for source in sources):
+            # Autograd and graphs need the operations on the weights; inference tensors keep no version.
+            return self._as_matrices(first, second)
+        state = weights_state(*sources)
+        if self._upscaling_cache is None or self._upscaling_cache[0] != state:
+            # Normal tensors outside autograd, not inference ones: the packing cache needs their versions.
+            with torch.inference_mode(False), torch.no_grad():
+                self._upscaling_cache = (state, self._as_matrices(first, second))
+        return self._upscaling_cache[1]
+
+    @classmethod
+    def _as_matrices(cls, first: nn.ConvTranspose2d, second: nn.ConvTranspose2d) -> UpscalingMatrices:
+        """The second convolution's rows come in two halves, one per output row offset k (see
+        :meth:`_mask_blocks`)."""
+        return UpscalingMatrices(
+            cls._as_matrix(first),
+            first.bias.repeat(4),
+            cls._as_matrix(second).chunk(2),
+            second.bias.repeat(4).chunk(2),
+        )
 
     def _mask_blocks(
         self,
@@ -244,7 +282,7 @@ class MaskDecoder(nn.Module):
         hyper_in: torch.Tensor,
         height: int,
         width: int,
-        layers: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        layers: UpscalingMatrices,
     ) -> torch.Tensor:
         """Mask logits (B x M x 4h x 4w) of an h x w patch of image tokens (B x hw x C); ``layers``
         from :meth:`_upscaling_layers`.
@@ -256,15 +294,15 @@ class MaskDecoder(nn.Module):
         gathered two at a time. The logits come out mask-major (classifier x features^T).
         """
         first, norm, first_act, second, second_act = self.output_upscaling
-        first_weight, first_bias, second_weight, second_bias = layers
         batch, masks = len(tokens), hyper_in.shape[1]
-        x = linear(tokens, (first_weight, first_bias)).view(batch, height, width, 2, 2, first.out_channels)
+        x = linear(tokens, (layers.first_weight, layers.first_bias), prepacked=True)
+        x = x.view(batch, height, width, 2, 2, first.out_channels)
         x = first_act(F.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
         x = x.transpose(2, 3).reshape(batch, height * 2 * width * 2, first.out_channels)
         rows_per_k = []
-        for weight, bias in zip(second_weight.chunk(2), second_bias.chunk(2), strict=True):
+        for weight, bias in zip(layers.second_weights, layers.second_biases, strict=True):
             # Rows (y, i, x, j), columns (l, channel): as rows (y, i, x, j, l) of one channel block.
-            features = linear(x, (weight, bias), second_act).view(batch, -1, second.out_channels)
+            features = linear(x, (weight, bias), second_act, prepacked=True).view(batch, -1, second.out_channels)
             rows_per_k.append((hyper_in @ features.transpose(1, 2)).view(batch, masks, height, 2, 4 * width))
         return torch.stack(rows_per_k, dim=4).view(batch, masks, 4 * height, 4 * width)
 

@@ -92,6 +92,10 @@ class PromptEncoder(nn.Module):
         """Positional encoding of the image embedding grid, 1 x C x H x W."""
         return self.pe_layer.grid(*self.image_embedding_size).unsqueeze(0)
 
+    def dense_weights(self) -> tuple[torch.Tensor, ...]:
+        """The tensors that :meth:`get_dense_pe` and the no-mask dense embedding are made of."""
+        return self.pe_layer.positional_encoding_gaussian_matrix, self.no_mask_embed.weight
+
     def embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """Points (B x N x 2 pixels, labels B x N) to tokens; ``pad`` appends the no-box padding point."""
         coords = coords + 0.5  # pixel centres

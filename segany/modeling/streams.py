@@ -62,12 +62,17 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def capturing_graph() -> bool:
+    """Whether PyTorch is recording a graph (ONNX export, tracing, torch.compile) rather than
+    running eagerly."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def eager_cpu_inference(*tensors: torch.Tensor) -> bool:
     """Whether work on ``tensors`` runs eagerly on the CPU outside autograd: what loops over
     chunks and threads need. A captured graph (ONNX export, tracing, torch.compile) would freeze
     the loop and the schedule; GPUs and training keep whole-batch operations."""
-    capturing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-    return not capturing and all(t.device.type == "cpu" and not t.requires_grad for t in tensors)
+    return not capturing_graph() and all(t.device.type == "cpu" and not t.requires_grad for t in tensors)
 
 
 def stream_count(*tensors: torch.Tensor) -> int:

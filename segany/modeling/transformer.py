@@ -240,7 +240,7 @@ class TwoWayAttentionBlock(nn.Module):
         self.norm1 = nn.LayerNorm(embedding_dim)
         self.cross_attn_token_to_image = TokenAttention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = FeedForward(embedding_dim, mlp_dim, nn.ReLU)
+        self.mlp = FeedForward(embedding_dim, mlp_dim, nn.ReLU, prepacked=True)
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
         self.cross_attn_image_to_token = TokenAttention(embedding_dim, num_heads, attention_downsample_rate)
@@ -257,6 +257,12 @@ class TwoWayAttentionBlock(nn.Module):
             token_to_image_v=to_image.split_heads(to_image.v_proj(keys)).contiguous(),
             image_to_token_q=to_token.split_heads(to_token.q_proj(positioned)).contiguous(),
         )
+
+    def image_side_weights(self) -> tuple[torch.Tensor, ...]:
+        """The weights :meth:`image_side` reads."""
+        to_image, to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        projections = (to_image.k_proj, to_image.v_proj, to_token.q_proj)
+        return tuple(tensor for projection in projections for tensor in (projection.weight, projection.bias))
 
     def attend_tokens(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
         """The tokens' self-attention (B x T x C)."""
@@ -307,6 +313,10 @@ class TwoWayTransformer(nn.Module):
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         return self.layers[0].image_side(keys, key_pe)
+
+    def image_side_weights(self) -> tuple[torch.Tensor, ...]:
+        """The weights :meth:`image_side` reads."""
+        return self.layers[0].image_side_weights()
 
     def forward(
         self,

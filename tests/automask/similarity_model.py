@@ -39,6 +39,9 @@ class PointPromptEncoder(nn.Module):
     def get_dense_pe(self) -> torch.Tensor:
         return torch.zeros(1, self.no_mask_embed.embedding_dim, self.embedding_size, self.embedding_size)
 
+    def dense_weights(self) -> tuple[torch.Tensor, ...]:
+        return (self.no_mask_embed.weight,)
+
     def forward(self, points, boxes, masks):
         coords, _ = points
         side = self.embedding_size
@@ -62,6 +65,9 @@ class SimilarityDecoder(nn.Module):
 
     def image_side(self, image_embeddings, image_pe, dense_prompt_embeddings):
         return None
+
+    def image_side_weights(self) -> tuple[torch.Tensor, ...]:
+        return ()
 
     def decode(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side=None,
                multimask_output=True):
