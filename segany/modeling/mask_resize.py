@@ -5,9 +5,9 @@ to the photo) and a predictor thresholds the result. PyTorch's CPU kernel gather
 pixels for every output pixel of each resize and writes each full-size result to memory. Here
 both resizes run together, a band of output rows at a time, so that what one band needs (a few
 low-res rows, the x4 rows between) stays in the core's cache; each resize is two separable
-passes, along the rows (two source pixels per output column, once per source row), then down
-the columns (two whole rows mixed per output row, which vectorises); and when only masks are
-wanted the threshold is applied as the last pass writes, so the full-size logits never exist.
+passes, along the rows (two source pixels per output column, once per source row, picked by
+register permutes: :mod:`segany.modeling.row_resample`), then down the columns (two whole rows
+mixed per output row, which vectorises); and when only masks are wanted the threshold is applied as the last pass writes, so the full-size logits never exist.
 
 The taps and weights are PyTorch's (:func:`bilinear_taps`, its float32 source-index formula) and
 each pass rounds as its vectorised kernel does (one fused multiply-add per pair), so on
@@ -25,9 +25,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import torch
-from numba import types
-from numba.extending import intrinsic
 
+from segany.modeling.row_resample import Taps, fused_multiply_add, make_taps, mix_along
 from segany.modeling.streams import in_streams, split_range
 
 # Output rows resized together: a band's intermediate rows (a few hundred KB) stay in the cache.
@@ -35,14 +34,6 @@ BAND_ROWS = 32
 # Below this many output pixels per stream, handing bands to another thread does not pay (one
 # 320 x 240 mask gains nothing from two; one 640 x 480 mask takes 30% less time).
 MIN_PIXELS_PER_WORKER = 100_000
-
-
-class Taps(NamedTuple):
-    """For each output index of a 1-D bilinear resize: its two source indices and their weights
-    (a tuple, so that it unpacks straight into the kernels' index, weight pairs)."""
-
-    index: np.ndarray  # 2 x out, int32; both rows equal at the last source index
-    weight: np.ndarray  # 2 x out, float32
 
 
 @lru_cache(maxsize=64)
@@ -60,37 +51,14 @@ def bilinear_taps(in_length: int, out_length: int, scale: float | None = None) -
     first = source.astype(np.int64)
     fraction = np.minimum(source - first.astype(np.float32), np.float32(1))
     second = np.where(first < in_length - 1, first + 1, first)
-    return Taps(np.stack([first, second]).astype(np.int32), np.stack([np.float32(1) - fraction, fraction]))
-
-
-@intrinsic
-def _fused_multiply_add(typingctx, a, b, c):
-    """a * b + c with one rounding (llvm.fma), as PyTorch's vectorised kernel mixes each pair."""
-    signature = types.float32(types.float32, types.float32, types.float32)
-
-    def codegen(context, builder, sig, args):
-        return builder.fma(*args)
-
-    return signature, codegen
-
-
-@numba.njit(nogil=True, cache=True)
-def _mix_along(row, index, weight, target):
-    """One row resized to ``target``'s width.
-
-    The source indices are read as unsigned: numba then skips its negative-index wraparound on
-    each of the two loads, and with 32-bit indices this gathering loop, most of a resize to the
-    photo's size, runs ~25% faster (1.5 against 2.0 us for a 1,024 -> 1,800 row)."""
-    for x in range(target.shape[0]):
-        first, second = np.uint32(index[0, x]), np.uint32(index[1, x])
-        target[x] = _fused_multiply_add(row[first], weight[0, x], row[second] * weight[1, x])
+    return make_taps(np.stack([first, second]), np.stack([np.float32(1) - fraction, fraction]))
 
 
 @numba.njit(nogil=True, cache=True)
 def _mix_rows(top, bottom, top_weight, bottom_weight, threshold, target):
     """Two rows mixed into ``target``; with a ``threshold``, ``target`` receives mix > threshold."""
     for x in range(target.shape[0]):
-        value = _fused_multiply_add(top[x], top_weight, bottom[x] * bottom_weight)
+        value = fused_multiply_add(top[x], top_weight, bottom[x] * bottom_weight)
         if threshold is None:
             target[x] = value
         else:
@@ -103,7 +71,7 @@ def _mix_rows_tallied(top, bottom, top_weight, bottom_weight, threshold, cutoffs
     two ``cutoffs``, then the x0, y0, x1, y1 box of the pixels above the threshold) this row ``y``."""
     above_first, above_second, first_x, last_x = 0, 0, -1, -1
     for x in range(target.shape[0]):
-        value = _fused_multiply_add(top[x], top_weight, bottom[x] * bottom_weight)
+        value = fused_multiply_add(top[x], top_weight, bottom[x] * bottom_weight)
         above = value > threshold
         target[x] = above
         above_first += value > cutoffs[0]
@@ -157,7 +125,7 @@ def _upscale_bands(low, up_columns, up_rows, threshold, cutoffs, tallies, out, b
         bottom = min(height, top + band)
         first = up_rows[0][0, top]
         for row in range(first, up_rows[0][1, bottom - 1] + 1):
-            _mix_along(low[plane, row], up_columns[0], up_columns[1], wide[row - first])
+            mix_along(low[plane, row], up_columns, wide[row - first])
         for y in range(top, bottom):
             _finish_row(wide[up_rows[0][0, y] - first], wide[up_rows[0][1, y] - first],
                         up_rows[1][0, y], up_rows[1][1, y], threshold, out[plane, y], cutoffs, tallies, job, y)
@@ -180,11 +148,11 @@ def _upscale_resize_bands(
         first, last = photo_rows[0][0, top], photo_rows[0][1, bottom - 1]
         first_low = up_rows[0][0, first]
         for row in range(first_low, up_rows[0][1, last] + 1):
-            _mix_along(low[plane, row], up_columns[0], up_columns[1], wide_low[row - first_low])
+            mix_along(low[plane, row], up_columns, wide_low[row - first_low])
         for row in range(first, last + 1):
             _mix_rows(wide_low[up_rows[0][0, row] - first_low], wide_low[up_rows[0][1, row] - first_low],
                       up_rows[1][0, row], up_rows[1][1, row], None, upscaled)
-            _mix_along(upscaled, photo_columns[0], photo_columns[1], wide[row - first])
+            mix_along(upscaled, photo_columns, wide[row - first])
         for y in range(top, bottom):
             _finish_row(wide[photo_rows[0][0, y] - first], wide[photo_rows[0][1, y] - first],
                         photo_rows[1][0, y], photo_rows[1][1, y], threshold, out[plane, y], cutoffs, tallies, job, y)
@@ -260,18 +228,18 @@ def _axis_taps(low_length: int, scale: float, input_length: int, original_length
 
     def part(taps: Taps, first: int, stop: int) -> Taps:
         index = taps.index[:, first:stop]
-        return Taps(np.ascontiguousarray(index), np.ascontiguousarray(taps.weight[:, first:stop]))
+        return make_taps(index, taps.weight[:, first:stop])
 
     up, photo = bilinear_taps(low_length, input_length, scale), None
     if resized:
         photo = part(bilinear_taps(input_length, original_length), out.start, out.stop)
         first, last = int(photo.index.min()), int(photo.index.max())
-        photo = Taps(photo.index - first, photo.weight)
+        photo = make_taps(photo.index - first, photo.weight)
         up = part(up, first, last + 1)
     else:
         up = part(up, out.start, out.stop)
     low = range(int(up.index.min()), int(up.index.max()) + 1)
-    return AxisTaps(Taps(up.index - low.start, up.weight), photo, low, len(out))
+    return AxisTaps(make_taps(up.index - low.start, up.weight), photo, low, len(out))
 
 
 def _window_taps(
@@ -316,7 +284,7 @@ def upscale_window(
         start = axis_taps.low.start - origin[axis]
         if start < 0 or start + len(axis_taps.low) > planes.shape[1 + axis]:
             raise ValueError(f"the logits given do not cover the window's sources ({axis_taps.low} along axis {axis})")
-        taps.append(axis_taps._replace(up=Taps(axis_taps.up.index + start, axis_taps.up.weight)))
+        taps.append(axis_taps._replace(up=make_taps(axis_taps.up.index + start, axis_taps.up.weight)))
     return _resize(planes, taps, threshold, None)[0]
 
 
