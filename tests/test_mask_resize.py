@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -196,3 +199,68 @@ def test_a_window_resized_from_its_sources_alone_is_that_window_of_the_whole(low
         mask_resize.upscale_window(
             planes[:, 1:], (1, 0), low_res, 4.0, input_size, original_size, range(height), range(edge), 0.1
         )
+
+
+# (source length, output length, scale passed to PyTorch or None): the resizes postprocessing meets.
+ROW_RESIZES = [
+    (1024, 1800, None),  # x4 logits to a landscape photo's width
+    (683, 1200, None),  # and its height
+    (256, 1024, 4.0),  # low-res logits x4
+    (172, 688, 4.0),
+    (1024, 640, None),  # downscaled: no block's sources fit, all one at a time
+    (20, 37, None),  # a few blocks and a remainder
+    (5, 7, None),  # shorter than a block
+]
+
+
+def resample(row: np.ndarray, taps: mask_resize.Taps) -> np.ndarray:
+    target = np.empty(taps.index.shape[1], dtype=np.float32)
+    mask_resize.mix_along(row, taps, target)
+    return target
+
+
+@pytest.mark.parametrize("source, output, scale", ROW_RESIZES)
+def test_blocks_give_the_values_of_one_output_at_a_time(source, output, scale):
+    taps = bilinear_taps(source, output, scale)
+    rng = np.random.default_rng(source * output)
+    blocked = mask_resize.make_taps(taps.index, taps.weight, blocked=True)
+    single = mask_resize.make_taps(taps.index, taps.weight, blocked=False)
+    assert len(single.block_starts) == 0
+    if output >= source and output >= mask_resize.BLOCK:
+        assert (blocked.block_starts >= 0).any(), "an upscale must take the permuted blocks"
+    for row in (rng.standard_normal(source), rng.uniform(-1e-6, 1e-6, source), np.full(source, 3.0)):
+        row = row.astype(np.float32)
+        np.testing.assert_array_equal(resample(row, blocked), resample(row, single))
+
+
+def test_blocks_never_read_past_the_sources_the_taps_name():
+    """A block's vector load reads BLOCK samples from its start: all within the row that the
+    largest index implies, even when the taps end on the row's last sample."""
+    taps = mask_resize.make_taps(*bilinear_taps(1024, 1800)[:2])
+    permuted = taps.block_starts[taps.block_starts >= 0]
+    assert permuted.max() + mask_resize.BLOCK <= taps.index.max() + 1
+    lanes = taps.block_lanes[:, taps.block_starts >= 0]
+    assert lanes.min() >= 0 and lanes.max() < mask_resize.BLOCK
+
+
+def test_blocks_on_a_cpu_without_avx2_take_the_lane_by_lane_permute():
+    """Compiled for a generic x86 CPU (no AVX2), the blocks permute lane by lane: same values."""
+    script = (
+        "import numpy as np\n"
+        "from segany.modeling import mask_resize\n"
+        "from segany.modeling.mask_resize import bilinear_taps\n"
+        "assert not mask_resize.AVX2\n"
+        "taps = bilinear_taps(1024, 1800)\n"
+        "row = np.random.default_rng(0).standard_normal(1024).astype(np.float32)\n"
+        "outs = []\n"
+        "for blocked in (True, False):\n"
+        "    out = np.empty(1800, np.float32)\n"
+        "    mask_resize.mix_along(row, mask_resize.make_taps(taps.index, taps.weight, blocked), out)\n"
+        "    outs.append(out)\n"
+        "assert np.array_equal(*outs)\n"
+        "print('same')\n"
+    )
+    env = dict(os.environ, NUMBA_CPU_NAME="generic")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "same"
