@@ -161,9 +161,10 @@ def _mix_one_at_a_time(row, index, weight, target, start, stop):
 
 @numba.njit(nogil=True, cache=True)
 def mix_along(row, taps, target):
-    """One contiguous row resized by ``taps`` (:func:`make_taps`) into contiguous ``target``."""
+    """One contiguous row resized by ``taps`` (:func:`make_taps`) into contiguous ``target``, as
+    long as the taps' outputs."""
     index, weight, starts, lanes = taps
-    outputs, blocks = target.shape[0], starts.shape[0]
+    outputs, blocks = index.shape[1], starts.shape[0]
     row_address, lane_address, weight_address = row.ctypes.data, lanes.ctypes.data, weight.ctypes.data
     target_address = target.ctypes.data
     for block in range(blocks):
