@@ -255,8 +255,10 @@ class MaskDecoder(nn.Module):
         every prompt reuses them, and their oneDNN packing (:mod:`segany.modeling.cpu_linear`)."""
         first, _, _, second, _ = self.output_upscaling
         sources = (first.weight, first.bias, second.weight, second.bias)
-        if torch.is_grad_enabled() or capturing_graph() or any(source.is_inference() for source in sources):
-            # Autograd and graphs need the operations on the weights; inference tensors keep no version.
+        # Autograd and graphs need the operations on the weights (a CUDA graph's capture only records
+        # them: what it made could not be kept); inference tensors keep no version to check.
+        cuda_capture = first.weight.is_cuda and torch.cuda.is_current_stream_capturing()
+        if torch.is_grad_enabled() or capturing_graph() or cuda_capture or any(t.is_inference() for t in sources):
             return self._as_matrices(first, second)
         state = weights_state(*sources)
         if self._upscaling_cache is None or self._upscaling_cache[0] != state:
