@@ -194,3 +194,40 @@ def test_the_predictor_follows_prompt_weights_updated_in_place():
     assert not np.allclose(before[0], expected[0], atol=1e-3), "degenerate test: the weights must matter"
     for got, want in zip(after, expected):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mask_decoder.transformer.layers.0.norm4.bias",
+        "mask_decoder.transformer.layers.1.norm4.weight",
+        "mask_decoder.transformer.layers.0.cross_attn_image_to_token.out_proj.weight",
+        "mask_decoder.transformer.layers.1.cross_attn_image_to_token.out_proj.bias",
+        "mask_decoder.output_upscaling.0.weight",
+        "mask_decoder.output_upscaling.0.bias",
+    ],
+)
+def test_the_predictor_follows_each_weight_its_upscaling_base_reads(name):
+    """The image side keeps the upscaling's first product in factors made from these weights
+    (segany.modeling.factored_image): changing any one in place must change the answers as it
+    does for a predictor made after the change."""
+    from oracle import PARITY_CONFIG, blocky_image, randomize_
+    from segany import SamPredictor
+    from segany.build import build_model
+
+    model = build_model(PARITY_CONFIG).eval()
+    randomize_(model, seed=4)
+    point = dict(point_coords=np.array([[120.0, 80.0]]), point_labels=np.array([1]), return_logits=True)
+    predictor = SamPredictor(model)
+    predictor.set_image(blocky_image())
+    before = predictor.predict(**point)
+    with torch.no_grad():
+        tensor = model.get_parameter(name)
+        tensor.add_(0.5 * torch.randn(tensor.shape, generator=torch.Generator().manual_seed(5)))
+    after = predictor.predict(**point)
+    fresh = SamPredictor(model)
+    fresh.set_image(blocky_image())
+    expected = fresh.predict(**point)
+    assert not np.allclose(before[0], expected[0], atol=1e-3), "degenerate test: the weight must matter"
+    for got, want in zip(after, expected):
+        np.testing.assert_array_equal(got, want)

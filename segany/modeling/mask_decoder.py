@@ -11,6 +11,9 @@ work: a caller that drops prompts by predicted IoU (the automatic generator) ups
 the survivors. The upscaling runs on the transformer's token layout (pixels x channels):
 its kernel-2, stride-2 transposed convolutions give every input pixel its own 2x2 output
 block, so each is a matrix product, and pixels are put in image order only once, on the masks.
+When a predictor keeps the image side, the first product is made from a per-image base and
+the prompt's attention weights instead of from the image tokens
+(:mod:`segany.modeling.factored_image`): 56 inner terms a block instead of 256.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch.nn import functional as F
 
 from segany.modeling.blocks import LayerNorm2d, MultiLayerPerceptron
 from segany.modeling.cpu_linear import linear
+from segany.modeling.factored_image import FactoredMap, FactoredProduct
 from segany.modeling.streams import capturing_graph, eager_cpu_inference, in_streams, split_range
 from segany.modeling.transformer import ImageSide, TwoWayTransformer, take_tokens
 from segany.modeling.weight_state import weights_state
@@ -43,6 +47,9 @@ class DecodedPrompts:
     image_tokens: torch.Tensor  # B x HW x C
     iou_predictions: torch.Tensor  # B x M
     grid: tuple[int, int]  # H, W of the image tokens
+    # The upscaling's first product of the image tokens, in factors, when the image side keeps
+    # its base (CPU inference; segany.modeling.factored_image).
+    first_upscaling: FactoredProduct | None = None
 
     def window(self, rows: range, columns: range) -> DecodedPrompts:
         """The prompts with only the image tokens in ``rows`` x ``columns`` of the grid, whose
@@ -56,6 +63,7 @@ class DecodedPrompts:
             image_tokens=tokens.reshape(len(tokens), len(rows) * len(columns), -1),
             iou_predictions=self.iou_predictions,
             grid=(len(rows), len(columns)),
+            first_upscaling=None if self.first_upscaling is None else self.first_upscaling.window(self.grid, rows, columns),
         )
 
     def select(self, index: torch.Tensor) -> DecodedPrompts:
@@ -65,6 +73,7 @@ class DecodedPrompts:
             image_tokens=self.image_tokens[index],
             iou_predictions=self.iou_predictions[index],
             grid=self.grid,
+            first_upscaling=None if self.first_upscaling is None else self.first_upscaling.select(index),
         )
 
 
@@ -113,12 +122,27 @@ class MaskDecoder(nn.Module):
     def image_side(
         self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_prompt_embeddings: torch.Tensor
     ) -> ImageSide:
-        """Prompt-independent work for one image and dense prompt, reusable across sparse prompts."""
-        return self.transformer.image_side(image_embeddings + dense_prompt_embeddings, image_pe)
+        """Prompt-independent work for one image and dense prompt, reusable across sparse prompts.
+        In eager CPU inference that includes the base of the upscaling's first product
+        (:mod:`segany.modeling.factored_image`), which then costs each prompt less than half."""
+        side = self.transformer.image_side(image_embeddings + dense_prompt_embeddings, image_pe)
+        if eager_cpu_inference(side.keys) and not torch.is_grad_enabled():
+            layers, matrices = self.transformer.layers, self._upscaling_layers()
+            side.upscaling = FactoredMap.of(
+                side.keys,
+                [(layer.cross_attn_image_to_token.out_proj, layer.cross_attn_image_to_token.num_heads) for layer in layers],
+                [layer.norm4 for layer in layers],
+                matrices.first_weight,
+                matrices.first_bias,
+            )
+        return side
 
     def image_side_weights(self) -> tuple[torch.Tensor, ...]:
         """The weights :meth:`image_side` reads."""
-        return self.transformer.image_side_weights()
+        first = self.output_upscaling[0]
+        modules = [module for layer in self.transformer.layers for module in (layer.cross_attn_image_to_token.out_proj, layer.norm4)]
+        factored = tuple(tensor for module in modules for tensor in (module.weight, module.bias))
+        return (*self.transformer.image_side_weights(), *factored, first.weight, first.bias)
 
     def forward(
         self,
@@ -180,18 +204,25 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
         if image_side is None:
             image_side = self.image_side(image_embeddings, image_pe, dense_prompt_embeddings)
+        factored = image_side.upscaling is not None and eager_cpu_inference(tokens)
         # Only the IoU token and the wanted mask tokens are read: the transformer returns those.
-        token_out, image_tokens = self.transformer(
-            None, None, tokens, image=image_side, outputs=[0] + [1 + mask for mask in masks], streams=streams
+        result = self.transformer.run(
+            None, None, tokens, image=image_side, outputs=[0] + [1 + mask for mask in masks], streams=streams,
+            factored=factored,
         )
+        token_out = result.tokens
+        first_upscaling = None
+        if result.factors is not None:
+            first_upscaling = FactoredProduct.of(*result.factors, image_side.upscaling)
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[mask](token_out[:, 1 + row]) for row, mask in enumerate(masks)], dim=1
         )
         return DecodedPrompts(
             hyper_in=hyper_in,
-            image_tokens=image_tokens,
+            image_tokens=result.image_tokens,
             iou_predictions=take_tokens(self.iou_prediction_head(token_out[:, 0]), masks),
             grid=tuple(image_pe.shape[-2:]),
+            first_upscaling=first_upscaling,
         )
 
     def upscale_masks(
@@ -211,15 +242,17 @@ class MaskDecoder(nn.Module):
         shared between ``streams`` parallel CPU streams (:mod:`segany.modeling.streams`).
         """
         height, width = decoded.grid
-        grid = decoded.image_tokens.view(len(decoded.image_tokens), height, width, -1)
         if extent is not None:
             height, width = min(height, -(-extent[0] // 4)), min(width, -(-extent[1] // 4))
-            grid = grid[:, :height, :width]
+            if (height, width) != decoded.grid:
+                decoded = decoded.window(range(height), range(width))
+        grid = decoded.image_tokens.view(len(decoded.image_tokens), height, width, -1)
         hyper_in = decoded.hyper_in
         batch, masks = len(grid), hyper_in.shape[1]
         layers = self._upscaling_layers()
         if not eager_cpu_inference(grid, hyper_in):
-            return self._mask_blocks(grid.reshape(batch, height * width, -1), hyper_in, height, width, layers)
+            first_product = linear(decoded.image_tokens, (layers.first_weight, layers.first_bias), prepacked=True)
+            return self._mask_blocks(first_product, hyper_in, height, width, layers)
         out = grid.new_empty(batch, masks, 4 * height, 4 * width)
         # Each prompt's rows in near-equal chunks of at most UPSCALE_CHUNK_TOKENS, as many as a
         # multiple of the streams, so that every stream gets as many rows (43 rows for 2 streams:
@@ -230,8 +263,12 @@ class MaskDecoder(nn.Module):
 
         def upscale_chunks(part: range) -> None:
             for prompt, rows in (chunks[index] for index in part):
-                tokens = grid[prompt : prompt + 1, rows.start : rows.stop].reshape(1, len(rows) * width, -1)
-                blocks = self._mask_blocks(tokens, hyper_in[prompt : prompt + 1], len(rows), width, layers)
+                if decoded.first_upscaling is not None:
+                    product = decoded.first_upscaling.of_tokens(prompt, rows.start * width, len(rows) * width)
+                else:
+                    tokens = grid[prompt : prompt + 1, rows.start : rows.stop].reshape(1, len(rows) * width, -1)
+                    product = linear(tokens, (layers.first_weight, layers.first_bias), prepacked=True)
+                blocks = self._mask_blocks(product, hyper_in[prompt : prompt + 1], len(rows), width, layers)
                 out[prompt : prompt + 1, :, 4 * rows.start : 4 * rows.stop].copy_(blocks)
 
         in_streams([partial(upscale_chunks, part) for part in split_range(len(chunks), streams)])
@@ -280,14 +317,15 @@ class MaskDecoder(nn.Module):
 
     def _mask_blocks(
         self,
-        tokens: torch.Tensor,
+        first_product: torch.Tensor,
         hyper_in: torch.Tensor,
         height: int,
         width: int,
         layers: UpscalingMatrices,
     ) -> torch.Tensor:
-        """Mask logits (B x M x 4h x 4w) of an h x w patch of image tokens (B x hw x C); ``layers``
-        from :meth:`_upscaling_layers`.
+        """Mask logits (B x M x 4h x 4w) of an h x w patch of image tokens, given the first
+        upscaling's product of them (B x hw x 2*2*C/4: ``layers.first_weight``, from
+        :meth:`_upscaling_layers`).
 
         Output pixel (4y + 2i + k, 4x + 2j + l) comes from token (y, x), first offset (i, j),
         second offset (k, l). The first upscaling's rows are put in (y, i, x, j) order (a copy of
@@ -296,9 +334,8 @@ class MaskDecoder(nn.Module):
         gathered two at a time. The logits come out mask-major (classifier x features^T).
         """
         first, norm, first_act, second, second_act = self.output_upscaling
-        batch, masks = len(tokens), hyper_in.shape[1]
-        x = linear(tokens, (layers.first_weight, layers.first_bias), prepacked=True)
-        x = x.view(batch, height, width, 2, 2, first.out_channels)
+        batch, masks = len(first_product), hyper_in.shape[1]
+        x = first_product.view(batch, height, width, 2, 2, first.out_channels)
         x = first_act(F.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
         x = x.transpose(2, 3).reshape(batch, height * 2 * width * 2, first.out_channels)
         rows_per_k = []

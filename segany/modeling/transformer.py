@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from segany.modeling.blocks import FeedForward
+from segany.modeling.factored_image import FactoredMap, RangeFactors
 from segany.modeling.streams import Result, in_streams, split_range
 
 
@@ -127,7 +128,7 @@ class TokenAttention(nn.Module):
         v = self.v_proj(values).view(batch, tokens, self.num_heads, self.head_dim)
         out_weight = self.out_proj.weight.view(width, self.num_heads, self.head_dim)
         rows = torch.einsum("bthe,che->bhtc", v, out_weight) + self.out_proj.bias / self.num_heads
-        return ImageUpdate(folded, bias, rows.reshape(batch, -1, width), self.num_heads, tokens)
+        return ImageUpdate(folded, bias, rows.reshape(batch, -1, width), self.num_heads, tokens, v)
 
 
 @dataclass
@@ -139,12 +140,16 @@ class ImageUpdate:
     values: torch.Tensor  # B x (heads x T) x C, values through the output projection
     heads: int
     tokens: int
+    head_values: torch.Tensor  # B x T x heads x head_dim, the values before it
 
-    def apply(self, queries: torch.Tensor, residual: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    def apply(
+        self, queries: torch.Tensor, residual: torch.Tensor, in_place: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``residual`` (Bi or B x n x C) plus the update of n image tokens whose queries are
         ``queries``: positioned tokens (Bi x n x C), or their head-split projections
-        (Bi x heads x n x head_dim) for projected keys. B x n x C; ``in_place`` adds the
-        update to ``residual`` itself (already B x n x C), saving a copy of it."""
+        (Bi x heads x n x head_dim) for projected keys: B x n x C, and the attention weights
+        (B x heads*T x n) that multiplied :attr:`values`. ``in_place`` adds the update to
+        ``residual`` itself (already B x n x C), saving a copy of it."""
         batch, image_batch, pixels = len(self.values), len(self.keys), queries.shape[-2]
         group = batch // image_batch
         # Logits are tokens x pixels, softmax over the middle axis of T tokens (far cheaper than
@@ -156,10 +161,10 @@ class ImageUpdate:
         else:
             logits = torch.baddbmm(self.key_bias, self.keys, queries.transpose(1, 2))
             weights = torch.softmax(logits.view(image_batch, group, self.heads, self.tokens, pixels), dim=-2)
-        weights = weights.reshape(batch, -1, pixels).transpose(1, 2)
+        weights = weights.reshape(batch, -1, pixels)
         if in_place:
-            return residual.baddbmm_(weights, self.values)
-        return torch.baddbmm(residual, weights, self.values)
+            return residual.baddbmm_(weights.transpose(1, 2), self.values), weights
+        return torch.baddbmm(residual, weights.transpose(1, 2), self.values), weights
 
 
 def take_tokens(tokens: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
@@ -219,6 +224,9 @@ class ImageSide:
     token_to_image_k: torch.Tensor  # first block's projected keys/values/queries, Bi x heads x HW x C/heads
     token_to_image_v: torch.Tensor
     image_to_token_q: torch.Tensor
+    # The mask decoder's first upscaling product made ready for prompts, when it keeps one
+    # (MaskDecoder.image_side; segany.modeling.factored_image).
+    upscaling: FactoredMap | None = None
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -334,6 +342,21 @@ class TwoWayTransformer(nn.Module):
         token's final attention to the image is its own, so the others' is never computed.
         ``streams`` > 1 cuts the image tokens into that many ranges run in parallel CPU streams.
         """
+        result = self.run(image_embedding, image_pe, point_embedding, image, outputs, streams)
+        return result.tokens, result.image_tokens
+
+    def run(
+        self,
+        image_embedding: torch.Tensor | None,
+        image_pe: torch.Tensor | None,
+        point_embedding: torch.Tensor,
+        image: ImageSide | None = None,
+        outputs: list[int] | None = None,
+        streams: int = 1,
+        factored: bool = False,
+    ) -> TransformerResult:
+        """:meth:`forward`, and with ``factored`` the image tokens' factors too
+        (:mod:`segany.modeling.factored_image`)."""
         if image is None:
             image = self.image_side(image_embedding, image_pe)
         pe, image_batch = point_embedding, len(image.keys)
@@ -347,6 +370,8 @@ class TwoWayTransformer(nn.Module):
         keys, key_pe = split.cut(image.keys), split.cut(image.key_pe)
         # What the image tokens query the tokens with: the first block's projections, then themselves.
         image_queries = split.cut(image.image_to_token_q, dim=2)
+        kept = [RangeFactors(part, [], []) for part in split.ranges] if factored else None
+        head_values = []
         for index, layer in enumerate(self.layers):
             # Who reads the image next, known before this block updates it.
             if index + 1 < len(self.layers):
@@ -359,17 +384,18 @@ class TwoWayTransformer(nn.Module):
             # Once updated, the image tokens have one entry per prompt.
             folded = to_image.fold_queries(reading + read_pe, len(queries))
             update = layer.image_update(queries, pe, image_batch if index == 0 else len(queries), projected=index == 0)
+            head_values.append(update.head_values)
             # Past the first block the image tokens are this pass's own, and read for the last time
             # (the read before this update has mixed them): outside autograd they take the update.
             in_place = index > 0 and not torch.is_grad_enabled()
             work = partial(self._update_range, layer.norm4, update, folded, in_place)
-            keys, image_queries, logits = zip(*split.map(work, keys, key_pe, image_queries))
+            keys, image_queries, logits = zip(*split.map(work, keys, key_pe, image_queries, kept or [None] * len(keys)))
             attended = to_image.read_values(split.attend(logits, keys), len(reading))
             if index + 1 < len(self.layers):
                 queries = reader.take_reading(reading, attended)
             else:
                 queries = self.norm_final_attn(reading + attended)
-        return queries, split.join(keys)
+        return TransformerResult(queries, split.join(keys), None if kept is None else (kept, head_values))
 
     @staticmethod
     def _update_range(
@@ -380,9 +406,27 @@ class TwoWayTransformer(nn.Module):
         keys: torch.Tensor,
         key_pe: torch.Tensor,
         queries: torch.Tensor,
+        kept: RangeFactors | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One range of image tokens updated by a block (``update``, then ``norm``), then positioned,
-        and the next read's logits over them (``folded`` queries): (keys, positioned, logits)."""
-        keys = norm(update.apply(queries, keys, in_place))
+        and the next read's logits over them (``folded`` queries): (keys, positioned, logits).
+        ``kept``, when given, keeps the update's weights and the norm's inverse deviations."""
+        updated, weights = update.apply(queries, keys, in_place)
+        if kept is None:
+            keys = norm(updated)
+        else:
+            keys, _, rstd = torch.native_layer_norm(updated, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            kept.weights.append(weights)
+            kept.rstd.append(rstd)
         positioned = keys + key_pe
         return keys, positioned, folded @ positioned.transpose(1, 2)
+
+
+@dataclass
+class TransformerResult:
+    """What :meth:`TwoWayTransformer.run` returns."""
+
+    tokens: torch.Tensor  # B x T x C (the ``outputs`` tokens)
+    image_tokens: torch.Tensor  # B x HW x C
+    # When asked for: what each range kept for the image tokens' factors, and each block's head_values.
+    factors: tuple[list[RangeFactors], list[torch.Tensor]] | None
