@@ -125,8 +125,9 @@ class MaskDecoder(nn.Module):
         """Prompt-independent work for one image and dense prompt, reusable across sparse prompts.
         In eager CPU inference that includes the base of the upscaling's first product
         (:mod:`segany.modeling.factored_image`), which then costs each prompt less than half."""
-        side = self.transformer.image_side(image_embeddings + dense_prompt_embeddings, image_pe)
-        if eager_cpu_inference(side.keys) and not torch.is_grad_enabled():
+        factored = eager_cpu_inference(image_embeddings) and not torch.is_grad_enabled()
+        side = self.transformer.image_side(image_embeddings + dense_prompt_embeddings, image_pe, factored)
+        if factored:
             layers, matrices = self.transformer.layers, self._upscaling_layers()
             side.upscaling = FactoredMap.of(
                 side.keys,

@@ -37,6 +37,7 @@ from torch import nn
 
 from segany.modeling.blocks import FeedForward
 from segany.modeling.factored_image import FactoredMap, RangeFactors
+from segany.modeling.first_update import FirstUpdate
 from segany.modeling.streams import Result, in_streams, split_range
 
 
@@ -80,9 +81,13 @@ class TokenAttention(nn.Module):
         Per head, q_h (W_k,h x + b_k,h) = (q_h W_k,h) x + q_h·b_k,h, and q_h·b_k,h is the same
         for every image token, so softmax cancels it.
         """
-        batch, tokens, width = queries.shape
-        q = self.q_proj(queries).view(batch, tokens, self.num_heads, self.head_dim) / math.sqrt(self.head_dim)
-        return torch.einsum("bthe,hec->bhtc", q, self.per_head(self.k_proj)).reshape(image_batch, -1, width)
+        q = self.head_queries(queries)
+        return torch.einsum("bthe,hec->bhtc", q, self.per_head(self.k_proj)).reshape(image_batch, -1, queries.shape[-1])
+
+    def head_queries(self, queries: torch.Tensor) -> torch.Tensor:
+        """Tokens' (B x T x C) queries per head, scaled for the logits: B x T x heads x head_dim."""
+        batch, tokens, _ = queries.shape
+        return self.q_proj(queries).view(batch, tokens, self.num_heads, self.head_dim) / math.sqrt(self.head_dim)
 
     def read_values(self, mixed: torch.Tensor, batch: int) -> torch.Tensor:
         """What the tokens read, B x T x C, from ``mixed``: the attention weights over the image
@@ -94,7 +99,11 @@ class TokenAttention(nn.Module):
         width = mixed.shape[-1]
         mixed = mixed.view(batch, self.num_heads, -1, width)
         values = torch.einsum("bhtc,hec->bthe", mixed, self.per_head(self.v_proj))
-        return self.out_proj(values.reshape(batch, mixed.shape[2], -1) + self.v_proj.bias)
+        return self.read_head_values(values + self.v_proj.bias.view(self.num_heads, self.head_dim))
+
+    def read_head_values(self, values: torch.Tensor) -> torch.Tensor:
+        """What the tokens read (B x T x C), from the values they mixed, B x T x heads x head_dim."""
+        return self.out_proj(values.flatten(2))
 
     def read_projected_image(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Tokens (B x T x C) attend to already projected, head-split image keys and values
@@ -128,7 +137,7 @@ class TokenAttention(nn.Module):
         v = self.v_proj(values).view(batch, tokens, self.num_heads, self.head_dim)
         out_weight = self.out_proj.weight.view(width, self.num_heads, self.head_dim)
         rows = torch.einsum("bthe,che->bhtc", v, out_weight) + self.out_proj.bias / self.num_heads
-        return ImageUpdate(folded, bias, rows.reshape(batch, -1, width), self.num_heads, tokens, v)
+        return ImageUpdate(folded, bias, rows.reshape(batch, -1, width), self.num_heads, tokens, v, k)
 
 
 @dataclass
@@ -141,15 +150,11 @@ class ImageUpdate:
     heads: int
     tokens: int
     head_values: torch.Tensor  # B x T x heads x head_dim, the values before it
+    head_keys: torch.Tensor  # B x T x heads x head_dim, the keys before folding, scaled for the logits
 
-    def apply(
-        self, queries: torch.Tensor, residual: torch.Tensor, in_place: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``residual`` (Bi or B x n x C) plus the update of n image tokens whose queries are
-        ``queries``: positioned tokens (Bi x n x C), or their head-split projections
-        (Bi x heads x n x head_dim) for projected keys: B x n x C, and the attention weights
-        (B x heads*T x n) that multiplied :attr:`values`. ``in_place`` adds the update to
-        ``residual`` itself (already B x n x C), saving a copy of it."""
+    def weights(self, queries: torch.Tensor) -> torch.Tensor:
+        """The attention weights (B x heads*T x n) of n image tokens whose queries are ``queries``
+        (as for :meth:`apply`)."""
         batch, image_batch, pixels = len(self.values), len(self.keys), queries.shape[-2]
         group = batch // image_batch
         # Logits are tokens x pixels, softmax over the middle axis of T tokens (far cheaper than
@@ -161,7 +166,17 @@ class ImageUpdate:
         else:
             logits = torch.baddbmm(self.key_bias, self.keys, queries.transpose(1, 2))
             weights = torch.softmax(logits.view(image_batch, group, self.heads, self.tokens, pixels), dim=-2)
-        weights = weights.reshape(batch, -1, pixels)
+        return weights.reshape(batch, -1, pixels)
+
+    def apply(
+        self, queries: torch.Tensor, residual: torch.Tensor, in_place: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``residual`` (Bi or B x n x C) plus the update of n image tokens whose queries are
+        ``queries``: positioned tokens (Bi x n x C), or their head-split projections
+        (Bi x heads x n x head_dim) for projected keys: B x n x C, and the attention weights
+        (B x heads*T x n) that multiplied :attr:`values`. ``in_place`` adds the update to
+        ``residual`` itself (already B x n x C), saving a copy of it."""
+        weights = self.weights(queries)
         if in_place:
             return residual.baddbmm_(weights.transpose(1, 2), self.values), weights
         return torch.baddbmm(residual, weights.transpose(1, 2), self.values), weights
@@ -205,14 +220,19 @@ class PixelSplit:
         the largest logit of any range, and the sum over ranges divides the ranges' products."""
         if len(logits) == 1:
             return torch.softmax(logits[0], dim=-1) @ image[0]
-        peak = torch.stack([part.amax(dim=-1, keepdim=True) for part in logits]).amax(dim=0)
 
-        def weigh(part: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            exponentials = torch.exp(part - peak)
+        def weigh(exponentials: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return exponentials.sum(dim=-1, keepdim=True), exponentials @ tokens
 
-        sums, products = zip(*self.map(weigh, logits, image))
+        sums, products = zip(*self.exponential_shares(logits, weigh, image))
         return torch.stack(products).sum(dim=0) / torch.stack(sums).sum(dim=0)
+
+    def exponential_shares(self, logits: Sequence[torch.Tensor], weigh: Callable[..., Result], *per_range: Sequence) -> list[Result]:
+        """``weigh(exp(logits - peak), *items)`` for each range's logits (Bi x R x n) and items,
+        the peak being each row's largest logit in any range: the ranges' shares of a softmax
+        over all image tokens."""
+        peak = torch.stack([part.amax(dim=-1, keepdim=True) for part in logits]).amax(dim=0)
+        return self.map(lambda share, *items: weigh(torch.exp(share - peak), *items), logits, *per_range)
 
 
 @dataclass
@@ -227,6 +247,8 @@ class ImageSide:
     # The mask decoder's first upscaling product made ready for prompts, when it keeps one
     # (MaskDecoder.image_side; segany.modeling.factored_image).
     upscaling: FactoredMap | None = None
+    # The first image update's image side (segany.modeling.first_update), for eager CPU inference.
+    first_update: FirstUpdate | None = None
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -316,15 +338,24 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = TokenAttention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def image_side(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> ImageSide:
-        """The first block's prompt-independent work for an image (B x C x H x W + its PE)."""
+    def image_side(self, image_embedding: torch.Tensor, image_pe: torch.Tensor, factored: bool = False) -> ImageSide:
+        """The first block's prompt-independent work for an image (B x C x H x W + its PE);
+        ``factored`` adds the first update's image side (:mod:`segany.modeling.first_update`)
+        where :meth:`run` can use it: two blocks, one image."""
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        return self.layers[0].image_side(keys, key_pe)
+        side = self.layers[0].image_side(keys, key_pe)
+        if factored and len(self.layers) == 2 and len(keys) == 1:
+            side.first_update = FirstUpdate.of(self.layers[0], self.layers[1], keys, key_pe)
+        return side
 
     def image_side_weights(self) -> tuple[torch.Tensor, ...]:
-        """The weights :meth:`image_side` reads."""
-        return self.layers[0].image_side_weights()
+        """The weights :meth:`image_side` reads (with ``factored``)."""
+        first, second = self.layers[0], self.layers[-1]
+        update, read, second_update = first.cross_attn_image_to_token, second.cross_attn_token_to_image, second.cross_attn_image_to_token
+        modules = (update.out_proj, first.norm4, read.v_proj, second_update.q_proj, second_update.out_proj)
+        factored = tuple(tensor for module in modules for tensor in (module.weight, module.bias))
+        return (*self.layers[0].image_side_weights(), *factored, read.k_proj.weight)
 
     def forward(
         self,
@@ -361,6 +392,8 @@ class TwoWayTransformer(nn.Module):
             image = self.image_side(image_embedding, image_pe)
         pe, image_batch = point_embedding, len(image.keys)
         split = PixelSplit(image.keys.shape[1], streams)
+        if factored and image.first_update is not None:
+            return self._run_on_first_update(image, point_embedding, outputs, split)
         first = self.layers[0]
         queries = first.attend_tokens(point_embedding, pe)
         attended = first.cross_attn_token_to_image.read_projected_image(
@@ -396,6 +429,59 @@ class TwoWayTransformer(nn.Module):
             else:
                 queries = self.norm_final_attn(reading + attended)
         return TransformerResult(queries, split.join(keys), None if kept is None else (kept, head_values))
+
+    def _run_on_first_update(
+        self, image: ImageSide, point_embedding: torch.Tensor, outputs: list[int] | None, split: PixelSplit
+    ) -> TransformerResult:
+        """:meth:`run` of two blocks with ``factored``, the first image update never applied to the
+        image tokens: the second block reads it through the image's :class:`FirstUpdate`."""
+        pe = point_embedding
+        first, second = self.layers
+        queries = first.attend_tokens(point_embedding, pe)
+        attended = first.cross_attn_token_to_image.read_projected_image(
+            queries + pe, image.token_to_image_k, image.token_to_image_v
+        )
+        queries = first.take_reading(queries, attended)
+        reading = second.attend_tokens(queries, pe)
+        update = first.image_update(queries, pe, len(image.keys), projected=True)
+        read = second.cross_attn_token_to_image
+        prompts = image.first_update.for_prompts(update.head_values, read.head_queries(reading + pe))
+
+        def first_range(part: range, image_queries: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            weights = update.weights(image_queries)
+            return (weights, *prompts.first_read(part, weights))
+
+        weights, rstd, logits = zip(*split.map(first_range, split.ranges, split.cut(image.image_to_token_q, dim=2)))
+        shares = split.exponential_shares(logits, prompts.weigh_read, split.ranges, weights, rstd)
+        attended = read.read_head_values(prompts.read_values(shares, update.head_values))
+        queries = second.take_reading(reading, attended)
+        reading = queries if outputs is None else take_tokens(queries, outputs)
+        read_pe = pe if outputs is None else take_tokens(pe, outputs)
+        folded = self.final_attn_token_to_image.fold_queries(reading + read_pe, len(queries))
+        second_update = second.image_update(queries, pe, len(queries), projected=False)
+        update_prompts = prompts.for_update(update.head_values, second_update.head_keys, second_update.head_values)
+        norm = second.norm4
+
+        def second_range(
+            part: range, weights: torch.Tensor, rstd: torch.Tensor, key_pe: torch.Tensor
+        ) -> tuple[torch.Tensor, ...]:
+            second_weights, centred = update_prompts.centred(part, weights, rstd)
+            keys, _, second_rstd = torch.native_layer_norm(centred, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            positioned = keys + key_pe
+            return keys, second_weights, second_rstd, folded @ positioned.transpose(1, 2)
+
+        keys, second_weights, second_rstd, logits = zip(
+            *split.map(second_range, split.ranges, weights, rstd, split.cut(image.key_pe))
+        )
+        attended = self.final_attn_token_to_image.read_values(split.attend(logits, keys), len(reading))
+        queries = self.norm_final_attn(reading + attended)
+        kept = [
+            RangeFactors(part, [first_weights, last_weights], [first_rstd, last_rstd])
+            for part, first_weights, last_weights, first_rstd, last_rstd in zip(
+                split.ranges, weights, second_weights, rstd, second_rstd, strict=True
+            )
+        ]
+        return TransformerResult(queries, split.join(keys), (kept, [update.head_values, second_update.head_values]))
 
     @staticmethod
     def _update_range(
