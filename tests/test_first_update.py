@@ -1,0 +1,78 @@
+"""The second block reading the first image update through the image's maps
+(segany.modeling.first_update) gives what it gives reading the updated image tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from oracle import PARITY_CONFIG, blocky_image, randomize_
+from segany import SamPredictor
+from segany.build import build_model
+
+POINTS = np.array([[120.0, 80.0], [30.0, 150.0], [250.0, 20.0]])
+
+
+@pytest.fixture(scope="module")
+def predictor() -> SamPredictor:
+    """Every weight random, norms included: gains and offsets the maps must carry."""
+    model = build_model(PARITY_CONFIG).eval()
+    randomize_(model, seed=6)
+    predictor = SamPredictor(model)
+    predictor.set_image(blocky_image())
+    return predictor
+
+
+def run(predictor: SamPredictor, image_side, streams: int, factored: bool):
+    model = predictor.model
+    coords = torch.as_tensor(predictor.transform.apply_coords(POINTS, predictor.original_size), dtype=torch.float32)
+    labels = torch.tensor([[1, 0, 1]], dtype=torch.int).expand(len(POINTS), -1)
+    with torch.no_grad():
+        sparse, _ = model.prompt_encoder(points=(coords[None].expand(len(POINTS), -1, -1), labels), boxes=None, masks=None)
+        decoder = model.mask_decoder
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).expand(len(POINTS), -1, -1)
+        return decoder.transformer.run(
+            None, None, torch.cat([tokens, sparse], dim=1), image_side, outputs=[0, 2, 3], streams=streams,
+            factored=factored,
+        )
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max().item() <= 2e-6 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_reading_the_first_update_through_the_maps_gives_the_direct_values(predictor, streams):
+    side = predictor._image_side
+    assert side.first_update is not None
+    expected = run(predictor, dataclasses.replace(side, first_update=None), streams, factored=True)
+    actual = run(predictor, side, streams, factored=True)
+    assert_close(actual.tokens, expected.tokens)
+    assert_close(actual.image_tokens, expected.image_tokens)
+    (expected_parts, expected_values), (actual_parts, actual_values) = expected.factors, actual.factors
+    for want, got in zip(expected_parts, actual_parts, strict=True):
+        assert got.tokens == want.tokens
+        for got_tensor, want_tensor in zip(got.weights + got.rstd, want.weights + want.rstd, strict=True):
+            assert_close(got_tensor, want_tensor)
+    for got, want in zip(actual_values, expected_values, strict=True):
+        assert_close(got, want)
+
+
+def test_the_plain_run_ignores_the_maps(predictor):
+    side = predictor._image_side
+    plain = run(predictor, side, 1, factored=False)
+    assert plain.factors is None
+    assert_close(plain.image_tokens, run(predictor, dataclasses.replace(side, first_update=None), 1, False).image_tokens)
+
+
+@pytest.mark.parametrize("decoder_depth", [1, 3])
+def test_only_two_block_transformers_keep_the_maps(decoder_depth):
+    model = build_model(dataclasses.replace(PARITY_CONFIG, decoder_depth=decoder_depth)).eval()
+    predictor = SamPredictor(model)
+    predictor.set_image(blocky_image())
+    assert predictor._image_side.first_update is None
+    assert predictor._image_side.upscaling is not None
