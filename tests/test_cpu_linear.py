@@ -209,12 +209,15 @@ def test_the_predictor_follows_prompt_weights_updated_in_place():
         "mask_decoder.transformer.layers.1.cross_attn_token_to_image.v_proj.bias",
         "mask_decoder.transformer.layers.1.cross_attn_image_to_token.q_proj.weight",
         "mask_decoder.transformer.layers.1.cross_attn_image_to_token.q_proj.bias",
+        "mask_decoder.transformer.layers.1.norm4.bias",
+        "mask_decoder.transformer.final_attn_token_to_image.k_proj.weight",
+        "mask_decoder.transformer.final_attn_token_to_image.v_proj.bias",
     ],
 )
 def test_the_predictor_follows_each_weight_its_image_maps_read(name):
     """The image side keeps maps made from these weights (the upscaling's first product,
-    segany.modeling.factored_image, and the second block's reads of the first update,
-    segany.modeling.first_update): changing any one in place must change the answers as it
+    segany.modeling.factored_image, and the reads of the image updates,
+    segany.modeling.update_maps): changing any one in place must change the answers as it
     does for a predictor made after the change."""
     from oracle import PARITY_CONFIG, blocky_image, randomize_
     from segany import SamPredictor

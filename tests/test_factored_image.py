@@ -33,21 +33,22 @@ def predictor() -> SamPredictor:
     return predictor_of(2)
 
 
-def decode(predictor: SamPredictor, streams: int = 1) -> DecodedPrompts:
-    """The predictor's prompts of POINTS, one a prompt, decoded as one batch."""
+def decode(predictor: SamPredictor, streams: int = 1, update_maps: bool = True) -> DecodedPrompts:
+    """The predictor's prompts of POINTS, one a prompt, decoded as one batch; without
+    ``update_maps`` the transformer applies its updates to the image tokens and returns them."""
     model = predictor.model
     coords = torch.as_tensor(predictor.transform.apply_coords(POINTS, predictor.original_size), dtype=torch.float32)
     labels = torch.ones(len(POINTS), 1, dtype=torch.int)
     with torch.no_grad():
         sparse, dense = model.prompt_encoder(points=(coords[:, None], labels), boxes=None, masks=None)
+        side = predictor._image_side if update_maps else dataclasses.replace(predictor._image_side, update_maps=None)
         return model.mask_decoder.decode(
-            predictor.features, predictor._image_pe, sparse, dense, predictor._image_side, multimask_output=True,
-            streams=streams,
+            predictor.features, predictor._image_pe, sparse, dense, side, multimask_output=True, streams=streams
         )
 
 
 def direct_product(predictor: SamPredictor, decoded: DecodedPrompts) -> torch.Tensor:
-    """The upscaling's first product of the image tokens themselves."""
+    """The upscaling's first product of the image tokens themselves (decoded without update maps)."""
     layers = predictor.model.mask_decoder._upscaling_layers()
     return F.linear(decoded.image_tokens, layers.first_weight, layers.first_bias)
 
@@ -62,7 +63,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 def test_the_factored_product_is_the_product_of_the_image_tokens(decoder_depth, streams):
     predictor = predictor_of(decoder_depth)
     decoded = decode(predictor, streams)
-    product, expected = decoded.first_upscaling, direct_product(predictor, decoded)
+    product, expected = decoded.first_upscaling, direct_product(predictor, decode(predictor, streams, update_maps=False))
     assert product is not None and len(product.parts) == streams
     tokens = expected.shape[1]
     for prompt in range(len(POINTS)):
@@ -73,23 +74,26 @@ def test_the_factored_product_is_the_product_of_the_image_tokens(decoder_depth, 
 
 
 def test_a_window_and_a_selection_of_prompts_cut_the_product(predictor):
-    decoded = decode(predictor, streams=2)
+    decoded, plain = decode(predictor, streams=2), decode(predictor, streams=2, update_maps=False)
     rows, columns = range(3, 11), range(2, 9)
-    window = decoded.window(rows, columns)
-    assert_close(window.first_upscaling.of_tokens(0, 0, len(rows) * len(columns)), direct_product(predictor, window)[:1])
-    selected = decoded.select(torch.tensor([2, 0]))
-    tokens = decoded.image_tokens.shape[1]
-    assert_close(selected.first_upscaling.of_tokens(0, 0, tokens), direct_product(predictor, decoded)[2:3])
+    window = decoded.window(rows, columns).first_upscaling
+    expected = direct_product(predictor, plain.window(rows, columns))
+    assert_close(window.of_tokens(0, 0, len(rows) * len(columns)), expected[:1])
+    selected = decoded.select(torch.tensor([2, 0])).first_upscaling
+    tokens = plain.image_tokens.shape[1]
+    assert_close(selected.of_tokens(0, 0, tokens), direct_product(predictor, plain)[2:3])
 
 
 @pytest.mark.parametrize("extent", [None, (33, 70)])
 def test_masks_upscaled_from_the_factors_are_those_from_the_image_tokens(predictor, extent):
     decoder = predictor.model.mask_decoder
     decoded = decode(predictor, streams=2)
+    plain = decode(predictor, streams=2, update_maps=False)
+    assert plain.first_upscaling is not None and decoded.image_tokens is None
     with torch.no_grad():
         factored = decoder.upscale_masks(decoded, extent, streams=2)
-        plain = decoder.upscale_masks(dataclasses.replace(decoded, first_upscaling=None), extent, streams=2)
-    assert_close(factored, plain)
+        expected = decoder.upscale_masks(dataclasses.replace(plain, first_upscaling=None), extent, streams=2)
+    assert_close(factored, expected)
 
 
 def test_only_cpu_inference_keeps_the_base():

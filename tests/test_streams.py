@@ -124,7 +124,7 @@ def predictor(model) -> segany.SamPredictor:
 
 
 def decode_in(count: int, predictor, sparse, dense, image_side, monkeypatch) -> tuple[torch.Tensor, ...]:
-    """IoUs, image tokens, low-res logits and masks of a batch of prompts in ``count`` streams,
+    """IoUs, mask classifiers, low-res logits and masks of a batch of prompts in ``count`` streams,
     checking that the transformer did cut the image tokens ``count`` ways."""
     cuts = []
 
@@ -141,7 +141,7 @@ def decode_in(count: int, predictor, sparse, dense, image_side, monkeypatch) -> 
         low_res = model.mask_decoder.upscale_masks(decoded, streams=count)
         masks = model.postprocess_masks(low_res, predictor.input_size, predictor.original_size, None, count)
     assert cuts and set(cuts) == {count}
-    return decoded.iou_predictions, decoded.image_tokens, low_res, masks
+    return decoded.iou_predictions, decoded.hyper_in, low_res, masks
 
 
 @pytest.mark.parametrize("shared_image", [True, False], ids=["image side shared", "dense prompt per prompt"])

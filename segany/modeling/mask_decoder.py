@@ -44,7 +44,7 @@ class DecodedPrompts:
     """Transformer outputs for a batch of prompts: IoU predictions now, masks on demand."""
 
     hyper_in: torch.Tensor  # B x M x C/8, each mask's classifier over the upscaled features
-    image_tokens: torch.Tensor  # B x HW x C
+    image_tokens: torch.Tensor | None  # B x HW x C; None when the first upscaling product comes in factors
     iou_predictions: torch.Tensor  # B x M
     grid: tuple[int, int]  # H, W of the image tokens
     # The upscaling's first product of the image tokens, in factors, when the image side keeps
@@ -55,12 +55,13 @@ class DecodedPrompts:
         """The prompts with only the image tokens in ``rows`` x ``columns`` of the grid, whose
         :meth:`MaskDecoder.upscale_masks` is that window of the masks' (each token makes
         its own 4 x 4 block of low-res logits)."""
-        height, width = self.grid
-        tokens = self.image_tokens.view(len(self.image_tokens), height, width, -1)
-        tokens = tokens[:, rows.start : rows.stop, columns.start : columns.stop]
+        tokens = None
+        if self.image_tokens is not None:
+            tokens = self.image_tokens.view(len(self.image_tokens), *self.grid, -1)
+            tokens = tokens[:, rows.start : rows.stop, columns.start : columns.stop].reshape(len(tokens), len(rows) * len(columns), -1)
         return DecodedPrompts(
             hyper_in=self.hyper_in,
-            image_tokens=tokens.reshape(len(tokens), len(rows) * len(columns), -1),
+            image_tokens=tokens,
             iou_predictions=self.iou_predictions,
             grid=(len(rows), len(columns)),
             first_upscaling=None if self.first_upscaling is None else self.first_upscaling.window(self.grid, rows, columns),
@@ -70,7 +71,7 @@ class DecodedPrompts:
         """The prompts at ``index`` (indices or a bool mask over the batch), in that order."""
         return DecodedPrompts(
             hyper_in=self.hyper_in[index],
-            image_tokens=self.image_tokens[index],
+            image_tokens=None if self.image_tokens is None else self.image_tokens[index],
             iou_predictions=self.iou_predictions[index],
             grid=self.grid,
             first_upscaling=None if self.first_upscaling is None else self.first_upscaling.select(index),
@@ -247,14 +248,13 @@ class MaskDecoder(nn.Module):
             height, width = min(height, -(-extent[0] // 4)), min(width, -(-extent[1] // 4))
             if (height, width) != decoded.grid:
                 decoded = decoded.window(range(height), range(width))
-        grid = decoded.image_tokens.view(len(decoded.image_tokens), height, width, -1)
         hyper_in = decoded.hyper_in
-        batch, masks = len(grid), hyper_in.shape[1]
+        batch, masks = hyper_in.shape[:2]
         layers = self._upscaling_layers()
-        if not eager_cpu_inference(grid, hyper_in):
+        if decoded.first_upscaling is None and not eager_cpu_inference(decoded.image_tokens, hyper_in):
             first_product = linear(decoded.image_tokens, (layers.first_weight, layers.first_bias), prepacked=True)
             return self._mask_blocks(first_product, hyper_in, height, width, layers)
-        out = grid.new_empty(batch, masks, 4 * height, 4 * width)
+        out = hyper_in.new_empty(batch, masks, 4 * height, 4 * width)
         # Each prompt's rows in near-equal chunks of at most UPSCALE_CHUNK_TOKENS, as many as a
         # multiple of the streams, so that every stream gets as many rows (43 rows for 2 streams:
         # 4 chunks of 10-11 rows, not 16 + 16 | 11).
@@ -267,7 +267,7 @@ class MaskDecoder(nn.Module):
                 if decoded.first_upscaling is not None:
                     product = decoded.first_upscaling.of_tokens(prompt, rows.start * width, len(rows) * width)
                 else:
-                    tokens = grid[prompt : prompt + 1, rows.start : rows.stop].reshape(1, len(rows) * width, -1)
+                    tokens = decoded.image_tokens[prompt : prompt + 1, rows.start * width : rows.stop * width]
                     product = linear(tokens, (layers.first_weight, layers.first_bias), prepacked=True)
                 blocks = self._mask_blocks(product, hyper_in[prompt : prompt + 1], len(rows), width, layers)
                 out[prompt : prompt + 1, :, 4 * rows.start : 4 * rows.stop].copy_(blocks)

@@ -37,7 +37,7 @@ from torch import nn
 
 from segany.modeling.blocks import FeedForward
 from segany.modeling.factored_image import FactoredMap, RangeFactors
-from segany.modeling.first_update import FirstUpdate
+from segany.modeling.update_maps import UpdateMaps
 from segany.modeling.streams import Result, in_streams, split_range
 
 
@@ -247,8 +247,8 @@ class ImageSide:
     # The mask decoder's first upscaling product made ready for prompts, when it keeps one
     # (MaskDecoder.image_side; segany.modeling.factored_image).
     upscaling: FactoredMap | None = None
-    # The first image update's image side (segany.modeling.first_update), for eager CPU inference.
-    first_update: FirstUpdate | None = None
+    # The image updates' maps (segany.modeling.update_maps), for eager CPU inference.
+    update_maps: UpdateMaps | None = None
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -340,22 +340,22 @@ class TwoWayTransformer(nn.Module):
 
     def image_side(self, image_embedding: torch.Tensor, image_pe: torch.Tensor, factored: bool = False) -> ImageSide:
         """The first block's prompt-independent work for an image (B x C x H x W + its PE);
-        ``factored`` adds the first update's image side (:mod:`segany.modeling.first_update`)
-        where :meth:`run` can use it: two blocks, one image."""
+        ``factored`` adds the image updates' maps (:mod:`segany.modeling.update_maps`) where
+        :meth:`run` can use them: two blocks, one image."""
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         side = self.layers[0].image_side(keys, key_pe)
         if factored and len(self.layers) == 2 and len(keys) == 1:
-            side.first_update = FirstUpdate.of(self.layers[0], self.layers[1], keys, key_pe)
+            side.update_maps = UpdateMaps.of(*self.layers, self.final_attn_token_to_image, keys, key_pe)
         return side
 
     def image_side_weights(self) -> tuple[torch.Tensor, ...]:
         """The weights :meth:`image_side` reads (with ``factored``)."""
-        first, second = self.layers[0], self.layers[-1]
+        first, second, final = self.layers[0], self.layers[-1], self.final_attn_token_to_image
         update, read, second_update = first.cross_attn_image_to_token, second.cross_attn_token_to_image, second.cross_attn_image_to_token
-        modules = (update.out_proj, first.norm4, read.v_proj, second_update.q_proj, second_update.out_proj)
+        modules = (update.out_proj, first.norm4, read.v_proj, second_update.q_proj, second_update.out_proj, second.norm4, final.v_proj)
         factored = tuple(tensor for module in modules for tensor in (module.weight, module.bias))
-        return (*self.layers[0].image_side_weights(), *factored, read.k_proj.weight)
+        return (*self.layers[0].image_side_weights(), *factored, read.k_proj.weight, final.k_proj.weight)
 
     def forward(
         self,
@@ -392,8 +392,8 @@ class TwoWayTransformer(nn.Module):
             image = self.image_side(image_embedding, image_pe)
         pe, image_batch = point_embedding, len(image.keys)
         split = PixelSplit(image.keys.shape[1], streams)
-        if factored and image.first_update is not None:
-            return self._run_on_first_update(image, point_embedding, outputs, split)
+        if factored and image.update_maps is not None:
+            return self._run_on_update_maps(image, point_embedding, outputs, split)
         first = self.layers[0]
         queries = first.attend_tokens(point_embedding, pe)
         attended = first.cross_attn_token_to_image.read_projected_image(
@@ -430,11 +430,12 @@ class TwoWayTransformer(nn.Module):
                 queries = self.norm_final_attn(reading + attended)
         return TransformerResult(queries, split.join(keys), None if kept is None else (kept, head_values))
 
-    def _run_on_first_update(
+    def _run_on_update_maps(
         self, image: ImageSide, point_embedding: torch.Tensor, outputs: list[int] | None, split: PixelSplit
     ) -> TransformerResult:
-        """:meth:`run` of two blocks with ``factored``, the first image update never applied to the
-        image tokens: the second block reads it through the image's :class:`FirstUpdate`."""
+        """:meth:`run` of two blocks with ``factored``: the image updates are never applied to the
+        image tokens, the reads of them go through the image's :class:`UpdateMaps`; the image
+        tokens are not returned (None)."""
         pe = point_embedding
         first, second = self.layers
         queries = first.attend_tokens(point_embedding, pe)
@@ -445,7 +446,7 @@ class TwoWayTransformer(nn.Module):
         reading = second.attend_tokens(queries, pe)
         update = first.image_update(queries, pe, len(image.keys), projected=True)
         read = second.cross_attn_token_to_image
-        prompts = image.first_update.for_prompts(update.head_values, read.head_queries(reading + pe))
+        prompts = image.update_maps.for_prompts(update.head_values, read.head_queries(reading + pe))
 
         def first_range(part: range, image_queries: torch.Tensor) -> tuple[torch.Tensor, ...]:
             weights = update.weights(image_queries)
@@ -453,35 +454,21 @@ class TwoWayTransformer(nn.Module):
 
         weights, rstd, logits = zip(*split.map(first_range, split.ranges, split.cut(image.image_to_token_q, dim=2)))
         shares = split.exponential_shares(logits, prompts.weigh_read, split.ranges, weights, rstd)
-        attended = read.read_head_values(prompts.read_values(shares, update.head_values))
-        queries = second.take_reading(reading, attended)
+        queries = second.take_reading(reading, read.read_head_values(prompts.read_values(shares)))
         reading = queries if outputs is None else take_tokens(queries, outputs)
-        read_pe = pe if outputs is None else take_tokens(pe, outputs)
-        folded = self.final_attn_token_to_image.fold_queries(reading + read_pe, len(queries))
+        final = self.final_attn_token_to_image
+        final_queries = final.head_queries(reading + (pe if outputs is None else take_tokens(pe, outputs)))
         second_update = second.image_update(queries, pe, len(queries), projected=False)
-        update_prompts = prompts.for_update(update.head_values, second_update.head_keys, second_update.head_values)
-        norm = second.norm4
-
-        def second_range(
-            part: range, weights: torch.Tensor, rstd: torch.Tensor, key_pe: torch.Tensor
-        ) -> tuple[torch.Tensor, ...]:
-            second_weights, centred = update_prompts.centred(part, weights, rstd)
-            keys, _, second_rstd = torch.native_layer_norm(centred, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-            positioned = keys + key_pe
-            return keys, second_weights, second_rstd, folded @ positioned.transpose(1, 2)
-
-        keys, second_weights, second_rstd, logits = zip(
-            *split.map(second_range, split.ranges, weights, rstd, split.cut(image.key_pe))
-        )
-        attended = self.final_attn_token_to_image.read_values(split.attend(logits, keys), len(reading))
-        queries = self.norm_final_attn(reading + attended)
+        update_prompts = prompts.for_update(second_update.head_keys, second_update.head_values, final_queries)
+        second_weights, second_rstd, logits = zip(*split.map(update_prompts.second_update, split.ranges, weights, rstd))
+        blocks = [[(w, r), (w2, r2)] for w, r, w2, r2 in zip(weights, rstd, second_weights, second_rstd, strict=True)]
+        shares = split.exponential_shares(logits, update_prompts.weigh_final, split.ranges, blocks)
+        queries = self.norm_final_attn(reading + final.read_head_values(update_prompts.final_values(shares)))
         kept = [
-            RangeFactors(part, [first_weights, last_weights], [first_rstd, last_rstd])
-            for part, first_weights, last_weights, first_rstd, last_rstd in zip(
-                split.ranges, weights, second_weights, rstd, second_rstd, strict=True
-            )
+            RangeFactors(part, [block[0][0], block[1][0]], [block[0][1], block[1][1]])
+            for part, block in zip(split.ranges, blocks, strict=True)
         ]
-        return TransformerResult(queries, split.join(keys), (kept, [update.head_values, second_update.head_values]))
+        return TransformerResult(queries, None, (kept, [update.head_values, second_update.head_values]))
 
     @staticmethod
     def _update_range(
@@ -513,6 +500,6 @@ class TransformerResult:
     """What :meth:`TwoWayTransformer.run` returns."""
 
     tokens: torch.Tensor  # B x T x C (the ``outputs`` tokens)
-    image_tokens: torch.Tensor  # B x HW x C
+    image_tokens: torch.Tensor | None  # B x HW x C, None when the updates were never applied
     # When asked for: what each range kept for the image tokens' factors, and each block's head_values.
     factors: tuple[list[RangeFactors], list[torch.Tensor]] | None

@@ -103,7 +103,7 @@ def test_masks_cut_by_a_crop_edge_are_never_upscaled_whole(model, image, monkeyp
 
     def counting_upscale(decoded, extent=None):
         if extent is not None:  # the generator's whole upscaling (a window's passes none)
-            upscaled_whole.append(len(decoded.image_tokens))
+            upscaled_whole.append(len(decoded.hyper_in))
         return upscale(decoded, extent)
 
     monkeypatch.setattr(model.mask_decoder, "upscale_masks", counting_upscale)
