@@ -35,8 +35,7 @@ def run(predictor: SamPredictor, image_side, streams: int, factored: bool):
         decoder = model.mask_decoder
         tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).expand(len(POINTS), -1, -1)
         return decoder.transformer.run(
-            None, None, torch.cat([tokens, sparse], dim=1), image_side, outputs=[0, 2, 3], streams=streams,
-            factored=factored,
+            image_side, torch.cat([tokens, sparse], dim=1), outputs=[0, 2, 3], streams=streams, factored=factored
         )
 
 

@@ -209,8 +209,7 @@ class MaskDecoder(nn.Module):
         factored = image_side.upscaling is not None and eager_cpu_inference(tokens)
         # Only the IoU token and the wanted mask tokens are read: the transformer returns those.
         result = self.transformer.run(
-            None, None, tokens, image=image_side, outputs=[0] + [1 + mask for mask in masks], streams=streams,
-            factored=factored,
+            image_side, tokens, outputs=[0] + [1 + mask for mask in masks], streams=streams, factored=factored
         )
         token_out = result.tokens
         first_upscaling = None

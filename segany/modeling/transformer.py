@@ -23,6 +23,11 @@ are known before the image is updated.
 Batches: the image side has batch 1 (one image, many prompts) or one entry per prompt.
 Prompts that share an image entry are stacked as extra rows of one matmul against it, so
 the image tensors are never expanded or copied per prompt.
+
+In eager CPU inference a predictor's image side goes further (:meth:`TwoWayTransformer.run`
+with ``factored``): the image updates themselves are never applied to the image tokens, and
+every later read of them goes through maps of the image made once
+(:mod:`segany.modeling.update_maps`), which leaves a prompt about half the arithmetic.
 """
 
 from __future__ import annotations
@@ -373,23 +378,22 @@ class TwoWayTransformer(nn.Module):
         token's final attention to the image is its own, so the others' is never computed.
         ``streams`` > 1 cuts the image tokens into that many ranges run in parallel CPU streams.
         """
-        result = self.run(image_embedding, image_pe, point_embedding, image, outputs, streams)
+        if image is None:
+            image = self.image_side(image_embedding, image_pe)
+        result = self.run(image, point_embedding, outputs, streams)
         return result.tokens, result.image_tokens
 
     def run(
         self,
-        image_embedding: torch.Tensor | None,
-        image_pe: torch.Tensor | None,
+        image: ImageSide,
         point_embedding: torch.Tensor,
-        image: ImageSide | None = None,
         outputs: list[int] | None = None,
         streams: int = 1,
         factored: bool = False,
     ) -> TransformerResult:
-        """:meth:`forward`, and with ``factored`` the image tokens' factors too
-        (:mod:`segany.modeling.factored_image`)."""
-        if image is None:
-            image = self.image_side(image_embedding, image_pe)
+        """:meth:`forward` on an image side, and with ``factored`` the image tokens' factors too
+        (:mod:`segany.modeling.factored_image`); if the image side then has update maps
+        (:mod:`segany.modeling.update_maps`), the image tokens are never made (None)."""
         pe, image_batch = point_embedding, len(image.keys)
         split = PixelSplit(image.keys.shape[1], streams)
         if factored and image.update_maps is not None:
