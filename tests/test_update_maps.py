@@ -75,3 +75,18 @@ def test_only_two_block_transformers_keep_the_maps(decoder_depth):
     predictor.set_image(blocky_image())
     assert predictor._image_side.update_maps is None
     assert predictor._image_side.upscaling is not None
+
+
+def test_a_prompt_with_its_own_image_side_makes_no_maps(predictor, monkeypatch):
+    """A mask input gives the prompt an image side of its own, used once: making the maps (a
+    few times the work of the first block's projections) would only slow it down."""
+    from segany.modeling import factored_image, update_maps
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("maps made for a single prompt")
+
+    monkeypatch.setattr(update_maps.UpdateMaps, "of", refuse)
+    monkeypatch.setattr(factored_image.FactoredMap, "of", refuse)
+    first = predictor.predict(point_coords=POINTS[:1], point_labels=np.array([1]), multimask_output=False)
+    masks, _, low_res = predictor.predict(point_coords=POINTS[:1], point_labels=np.array([1]), mask_input=first[2])
+    assert masks.shape[0] == 3 and low_res.shape == (3, *first[2].shape[1:])

@@ -204,8 +204,8 @@ class MaskDecoder(nn.Module):
             masks = list(range(1, self.num_mask_tokens)) if multimask_output else [0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
-        if image_side is None:
-            image_side = self.image_side(image_embeddings, image_pe, dense_prompt_embeddings)
+        if image_side is None:  # made for this call alone: not worth the maps kept for many prompts
+            image_side = self.transformer.image_side(image_embeddings + dense_prompt_embeddings, image_pe)
         factored = image_side.upscaling is not None and eager_cpu_inference(tokens)
         # Only the IoU token and the wanted mask tokens are read: the transformer returns those.
         result = self.transformer.run(
