@@ -58,13 +58,15 @@ class DecodedPrompts:
         tokens = None
         if self.image_tokens is not None:
             tokens = self.image_tokens.view(len(self.image_tokens), *self.grid, -1)
-            tokens = tokens[:, rows.start : rows.stop, columns.start : columns.stop].reshape(len(tokens), len(rows) * len(columns), -1)
+            tokens = tokens[:, rows.start : rows.stop, columns.start : columns.stop].flatten(1, 2)
         return DecodedPrompts(
             hyper_in=self.hyper_in,
             image_tokens=tokens,
             iou_predictions=self.iou_predictions,
             grid=(len(rows), len(columns)),
-            first_upscaling=None if self.first_upscaling is None else self.first_upscaling.window(self.grid, rows, columns),
+            first_upscaling=(
+                None if self.first_upscaling is None else self.first_upscaling.window(self.grid, rows, columns)
+            ),
         )
 
     def select(self, index: torch.Tensor) -> DecodedPrompts:
@@ -132,7 +134,8 @@ class MaskDecoder(nn.Module):
             layers, matrices = self.transformer.layers, self._upscaling_layers()
             side.upscaling = FactoredMap.of(
                 side.keys,
-                [(layer.cross_attn_image_to_token.out_proj, layer.cross_attn_image_to_token.num_heads) for layer in layers],
+                [(layer.cross_attn_image_to_token.out_proj, layer.cross_attn_image_to_token.num_heads)
+                 for layer in layers],
                 [layer.norm4 for layer in layers],
                 matrices.first_weight,
                 matrices.first_bias,
@@ -142,7 +145,8 @@ class MaskDecoder(nn.Module):
     def image_side_weights(self) -> tuple[torch.Tensor, ...]:
         """The weights :meth:`image_side` reads."""
         first = self.output_upscaling[0]
-        modules = [module for layer in self.transformer.layers for module in (layer.cross_attn_image_to_token.out_proj, layer.norm4)]
+        layers = self.transformer.layers
+        modules = [module for layer in layers for module in (layer.cross_attn_image_to_token.out_proj, layer.norm4)]
         factored = tuple(tensor for module in modules for tensor in (module.weight, module.bias))
         return (*self.transformer.image_side_weights(), *factored, first.weight, first.bias)
 

@@ -42,8 +42,8 @@ from torch import nn
 
 from segany.modeling.blocks import FeedForward
 from segany.modeling.factored_image import FactoredMap, RangeFactors
-from segany.modeling.update_maps import UpdateMaps
 from segany.modeling.streams import Result, in_streams, split_range
+from segany.modeling.update_maps import UpdateMaps
 
 
 class TokenAttention(nn.Module):
@@ -232,7 +232,9 @@ class PixelSplit:
         sums, products = zip(*self.exponential_shares(logits, weigh, image))
         return torch.stack(products).sum(dim=0) / torch.stack(sums).sum(dim=0)
 
-    def exponential_shares(self, logits: Sequence[torch.Tensor], weigh: Callable[..., Result], *per_range: Sequence) -> list[Result]:
+    def exponential_shares(
+        self, logits: Sequence[torch.Tensor], weigh: Callable[..., Result], *per_range: Sequence
+    ) -> list[Result]:
         """``weigh(exp(logits - peak), *items)`` for each range's logits (Bi x R x n) and items,
         the peak being each row's largest logit in any range: the ranges' shares of a softmax
         over all image tokens."""
@@ -357,8 +359,11 @@ class TwoWayTransformer(nn.Module):
     def image_side_weights(self) -> tuple[torch.Tensor, ...]:
         """The weights :meth:`image_side` reads (with ``factored``)."""
         first, second, final = self.layers[0], self.layers[-1], self.final_attn_token_to_image
-        update, read, second_update = first.cross_attn_image_to_token, second.cross_attn_token_to_image, second.cross_attn_image_to_token
-        modules = (update.out_proj, first.norm4, read.v_proj, second_update.q_proj, second_update.out_proj, second.norm4, final.v_proj)
+        read, second_update = second.cross_attn_token_to_image, second.cross_attn_image_to_token
+        modules = (
+            first.cross_attn_image_to_token.out_proj, first.norm4, read.v_proj, second_update.q_proj,
+            second_update.out_proj, second.norm4, final.v_proj,
+        )
         factored = tuple(tensor for module in modules for tensor in (module.weight, module.bias))
         return (*self.layers[0].image_side_weights(), *factored, read.k_proj.weight, final.k_proj.weight)
 

@@ -123,7 +123,9 @@ class ValueMap:
     bias: torch.Tensor  # K
 
     @classmethod
-    def of(cls, out_proj: nn.Linear, heads: int, matrix: torch.Tensor, extra_bias: torch.Tensor | None = None) -> ValueMap:
+    def of(
+        cls, out_proj: nn.Linear, heads: int, matrix: torch.Tensor, extra_bias: torch.Tensor | None = None
+    ) -> ValueMap:
         per_head = out_proj.weight.view(out_proj.out_features, heads, -1).permute(1, 2, 0)
         bias = out_proj.bias if extra_bias is None else out_proj.bias + extra_bias
         return cls(per_head @ matrix, (bias @ matrix) / heads)
@@ -181,7 +183,9 @@ class UpdateMaps:
         """From the two :class:`TwoWayAttentionBlock` s, the final :class:`TokenAttention`, and the
         image tokens (1 x N x C) and their PE every prompt starts from."""
         update, norm = first.cross_attn_image_to_token, first.norm4
-        read, second_update, second_norm = second.cross_attn_token_to_image, second.cross_attn_image_to_token, second.norm4
+        read, second_update, second_norm = (
+            second.cross_attn_token_to_image, second.cross_attn_image_to_token, second.norm4
+        )
         heads = update.num_heads
         centred = keys - keys.mean(dim=-1, keepdim=True)
         gain, second_gain = norm.weight[:, None], second_norm.weight[:, None]
@@ -189,7 +193,9 @@ class UpdateMaps:
         to_key, to_value, to_query = (_centred(gain * projection.weight.t()) for projection in (
             read.k_proj, read.v_proj, second_update.q_proj))
         to_normed = _centred(gain * centring)
-        to_final_key, to_final_value = (second_gain * projection.weight.t() for projection in (final.k_proj, final.v_proj))
+        to_final_key, to_final_value = (
+            second_gain * projection.weight.t() for projection in (final.k_proj, final.v_proj)
+        )
         normed = centred @ to_normed
         centred_rows = ValueMap.of(update.out_proj, heads, centring)
         normed_rows = ValueMap.of(update.out_proj, heads, to_normed)
@@ -295,8 +301,9 @@ class FirstUpdatePrompts:
         image = self.image
         batch = len(keys)
         normed_rows, second_rows = image.normed_rows.rows(self.values), image.second_rows.rows(values)
-        final_keys = [rows.rows(block_values) for rows, block_values in zip(image.final_key_rows, (self.values, values))]
-        final_values = [rows.rows(block_values) for rows, block_values in zip(image.final_value_rows, (self.values, values))]
+        both_values = (self.values, values)
+        final_keys = [rows.rows(block_values) for rows, block_values in zip(image.final_key_rows, both_values)]
+        final_values = [rows.rows(block_values) for rows, block_values in zip(image.final_value_rows, both_values)]
         return SecondUpdatePrompts(
             first=self,
             by_head=_heads_first(values),
@@ -338,13 +345,16 @@ class SecondUpdatePrompts:
         and the final read's logits (B x (heads x T3) x n, up to a constant per row)."""
         first = self.first
         image, count = first.image, first.values.shape[1]
-        logits = _map_logits(_image_products(self.keys, image.query_reads, part, count), [self.key_rows], [(weights, rstd)])
+        logits = _image_products(self.keys, image.query_reads, part, count)
+        logits = _map_logits(logits, [self.key_rows], [(weights, rstd)])
         logits = logits.add_(_image_products(self.keys, image.query_pe, part, count)).add_(self.offsets)
         batch, rows, pixels = logits.shape
         second = torch.softmax(logits.view(batch, image.heads, count, pixels), dim=2).view(batch, rows, pixels)
-        normed = _squares(image.normed_squares, image.normed_first_reads, first.by_head, part, weights, self.normed_gram)
-        cross = _image_products(self.by_head, image.normed_second_reads[0], part, count)
-        cross = image.normed_second_reads[1][:, part.start : part.stop] + (second * (cross + self.cross_gram @ weights)).sum(dim=1)
+        normed = _squares(
+            image.normed_squares, image.normed_first_reads, first.by_head, part, weights, self.normed_gram
+        )
+        cross = _image_products(self.by_head, image.normed_second_reads[0], part, count) + self.cross_gram @ weights
+        cross = image.normed_second_reads[1][:, part.start : part.stop] + (second * cross).sum(dim=1)
         rows_only = (second * (self.second_gram @ second)).sum(dim=1)
         scale = rstd[..., 0]
         squares = scale.square() * normed + 2 * scale * cross + rows_only
@@ -352,7 +362,8 @@ class SecondUpdatePrompts:
         blocks = [(weights, rstd), (second, second_rstd)]
         final = _image_products(self.final_queries, image.final_key_reads, part, self.final_count)
         final = _map_logits(final, self.final_key_rows, blocks)
-        return second, second_rstd, final.add_(_image_products(self.final_queries, image.final_key_pe, part, self.final_count))
+        final = final.add_(_image_products(self.final_queries, image.final_key_pe, part, self.final_count))
+        return second, second_rstd, final
 
     def weigh_final(self, exponentials: torch.Tensor, part: range, blocks: Sequence[Block]) -> tuple:
         """One range's share of the final read (:func:`_weigh`), given both updates' ``blocks``."""
