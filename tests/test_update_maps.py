@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -90,3 +91,14 @@ def test_a_prompt_with_its_own_image_side_makes_no_maps(predictor, monkeypatch):
     first = predictor.predict(point_coords=POINTS[:1], point_labels=np.array([1]), multimask_output=False)
     masks, _, low_res = predictor.predict(point_coords=POINTS[:1], point_labels=np.array([1]), mask_input=first[2])
     assert masks.shape[0] == 3 and low_res.shape == (3, *first[2].shape[1:])
+
+
+def test_half_precision_keeps_the_direct_path(predictor):
+    """Its rounding, magnified by the maps' Gram products, would cost more than it saves."""
+    decoder = copy.deepcopy(predictor.model.mask_decoder)
+    embedding, pe = predictor.features, predictor._image_pe
+    with torch.no_grad():
+        assert decoder.image_side(embedding, pe, torch.zeros_like(embedding)).update_maps is not None
+        decoder.bfloat16()
+        half = decoder.image_side(embedding.bfloat16(), pe.bfloat16(), torch.zeros_like(embedding).bfloat16())
+    assert half.update_maps is None and half.upscaling is None

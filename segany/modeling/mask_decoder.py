@@ -126,9 +126,11 @@ class MaskDecoder(nn.Module):
         self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_prompt_embeddings: torch.Tensor
     ) -> ImageSide:
         """Prompt-independent work for one image and dense prompt, reusable across sparse prompts.
-        In eager CPU inference that includes the base of the upscaling's first product
-        (:mod:`segany.modeling.factored_image`), which then costs each prompt less than half."""
-        factored = eager_cpu_inference(image_embeddings) and not torch.is_grad_enabled()
+        In eager CPU inference that includes the maps that spare each prompt most of its work on
+        the image tokens (:mod:`segany.modeling.factored_image`, :mod:`segany.modeling.update_maps`);
+        not in half precision, whose rounding their Gram products would magnify."""
+        full_precision = image_embeddings.dtype in (torch.float32, torch.float64)
+        factored = eager_cpu_inference(image_embeddings) and not torch.is_grad_enabled() and full_precision
         side = self.transformer.image_side(image_embeddings + dense_prompt_embeddings, image_pe, factored)
         if factored:
             layers, matrices = self.transformer.layers, self._upscaling_layers()
