@@ -46,12 +46,45 @@ class RangeFactors:
         return RangeFactors(self.tokens, [w[index] for w in self.weights], [r[index] for r in self.rstd])
 
 
-@dataclass
-class BlockMap:
-    """A map's view Φ_l of one block's update (see the module's docstring)."""
+def centred_columns(matrix: torch.Tensor) -> torch.Tensor:
+    """P @ ``matrix`` (C x K): each column without its mean."""
+    return matrix - matrix.mean(dim=0)
 
-    heads: torch.Tensor  # heads x head_dim x D: each head's output projection, then Φ_l
-    value_row: torch.Tensor  # D: (output projection bias + β_(l-1)) Φ_l / heads
+
+def per_head(tokens: torch.Tensor, heads: int) -> torch.Tensor:
+    """Image tokens' features (1 x N x heads*d) as heads x N x d."""
+    _, count, width = tokens.shape
+    return tokens[0].view(count, heads, width // heads).transpose(0, 1).contiguous()
+
+
+@dataclass
+class ValueMap:
+    """A matrix Π (C x K) seen from an update's value rows: M Π = per head v_h (W_o,h^T Π) +
+    (b_o + extra) Π / heads."""
+
+    heads: torch.Tensor  # heads x d x K
+    bias: torch.Tensor  # K
+
+    @classmethod
+    def of(
+        cls, out_proj: nn.Linear, heads: int, matrix: torch.Tensor, extra_bias: torch.Tensor | None = None
+    ) -> ValueMap:
+        """``extra_bias`` (C) rides on every row with the output projection's bias: a constant of
+        the update (each token's weights sum to 1 per head)."""
+        out_heads = out_proj.weight.view(out_proj.out_features, heads, -1).permute(1, 2, 0)
+        bias = out_proj.bias if extra_bias is None else out_proj.bias + extra_bias
+        return cls(out_heads @ matrix, (bias @ matrix) / heads)
+
+    def rows(self, values: torch.Tensor) -> torch.Tensor:
+        """M Π (B x R x K) for value heads ``values`` (B x T x heads x d), rows (head, token)."""
+        rows = torch.einsum("bthe,hek->bhtk", values, self.heads) + self.bias
+        return rows.reshape(len(values), -1, rows.shape[-1])
+
+    def reads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens' (1 x N x K) products with every row, T_i·(M Π)_(h,t): per head the part
+        that meets v_h (heads x N x d), and the bias's part summed over the heads (1 x N)."""
+        heads = len(self.heads)
+        return per_head(tokens @ self.heads.permute(2, 0, 1).flatten(1), heads), tokens @ (self.bias * heads)
 
 
 @dataclass
@@ -59,7 +92,7 @@ class FactoredMap:
     """A linear map (W, b) of one image's tokens after the blocks, made ready for prompts."""
 
     base: torch.Tensor  # X0 Φ_1, Bi x N x D
-    blocks: list[BlockMap]
+    blocks: list[ValueMap]  # each block's value rows through Φ_l
     offset: torch.Tensor  # β_L W^T + b, D
 
     @classmethod
@@ -77,11 +110,9 @@ class FactoredMap:
         psi = norms[-1].weight[:, None] * weight.t()
         blocks = []
         for index in reversed(range(len(norms))):
-            phi = psi - psi.mean(dim=0)
-            out_proj, heads = updates[index]
-            per_head = out_proj.weight.view(out_proj.out_features, heads, -1).permute(1, 2, 0)
-            row_bias = out_proj.bias if index == 0 else out_proj.bias + norms[index - 1].bias
-            blocks.append(BlockMap(heads=per_head @ phi, value_row=(row_bias @ phi) / heads))
+            phi = centred_columns(psi)
+            previous_offset = norms[index - 1].bias if index > 0 else None
+            blocks.append(ValueMap.of(*updates[index], phi, extra_bias=previous_offset))
             if index > 0:
                 psi = norms[index - 1].weight[:, None] * phi
         return cls(base=tokens @ phi, blocks=blocks[::-1], offset=torch.addmv(bias, weight, norms[-1].bias))
@@ -89,11 +120,7 @@ class FactoredMap:
     def columns(self, head_values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Each block's C_l (B x R x D) for a batch of prompts whose blocks' values per head were
         ``head_values`` (B x T x heads x head_dim each), rows in the attention weights' order."""
-        columns = []
-        for block, values in zip(self.blocks, head_values, strict=True):
-            rows = torch.einsum("bthe,hed->bhtd", values, block.heads) + block.value_row
-            columns.append(rows.reshape(len(values), -1, len(block.value_row)))
-        return columns
+        return [block.rows(values) for block, values in zip(self.blocks, head_values, strict=True)]
 
 
 @dataclass

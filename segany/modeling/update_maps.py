@@ -33,19 +33,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from segany.modeling.factored_image import ValueMap, centred_columns, per_head
+
 # Per block: (attention weights B x R x n, inverse deviations B x n x 1) of a range of tokens.
 Block = tuple[torch.Tensor, torch.Tensor]
-
-
-def _centred(matrix: torch.Tensor) -> torch.Tensor:
-    """P @ ``matrix`` (C x K): each column without its mean."""
-    return matrix - matrix.mean(dim=0)
-
-
-def _per_head(tokens: torch.Tensor, heads: int) -> torch.Tensor:
-    """Image tokens' features (1 x N x heads*d) as heads x N x d."""
-    _, count, width = tokens.shape
-    return tokens[0].view(count, heads, width // heads).transpose(0, 1).contiguous()
 
 
 def _heads_first(per_token: torch.Tensor) -> torch.Tensor:
@@ -115,34 +106,6 @@ def _read(
 
 
 @dataclass
-class ValueMap:
-    """A matrix Π (C x K) seen from an update's value rows: M Π = per head v_h (W_o,h^T Π) +
-    (b_o + extra) Π / heads."""
-
-    heads: torch.Tensor  # heads x d x K
-    bias: torch.Tensor  # K
-
-    @classmethod
-    def of(
-        cls, out_proj: nn.Linear, heads: int, matrix: torch.Tensor, extra_bias: torch.Tensor | None = None
-    ) -> ValueMap:
-        per_head = out_proj.weight.view(out_proj.out_features, heads, -1).permute(1, 2, 0)
-        bias = out_proj.bias if extra_bias is None else out_proj.bias + extra_bias
-        return cls(per_head @ matrix, (bias @ matrix) / heads)
-
-    def rows(self, values: torch.Tensor) -> torch.Tensor:
-        """M Π (B x R x K) for value heads ``values`` (B x T x heads x d), rows (head, token)."""
-        rows = torch.einsum("bthe,hek->bhtk", values, self.heads) + self.bias
-        return rows.reshape(len(values), -1, rows.shape[-1])
-
-    def reads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image tokens' (1 x N x K) products with every row, T_i·(M Π)_(h,t): per head the part
-        that meets v_h (heads x N x d), and the bias's part summed over the heads (1 x N)."""
-        heads = len(self.heads)
-        return _per_head(tokens @ self.heads.permute(2, 0, 1).flatten(1), heads), tokens @ (self.bias * heads)
-
-
-@dataclass
 class UpdateMaps:
     """One image's side of a two-block transformer's updates and of the reads of them."""
 
@@ -189,10 +152,10 @@ class UpdateMaps:
         heads = update.num_heads
         centred = keys - keys.mean(dim=-1, keepdim=True)
         gain, second_gain = norm.weight[:, None], second_norm.weight[:, None]
-        centring = _centred(torch.eye(keys.shape[-1], dtype=keys.dtype, device=keys.device))
-        to_key, to_value, to_query = (_centred(gain * projection.weight.t()) for projection in (
+        centring = centred_columns(torch.eye(keys.shape[-1], dtype=keys.dtype, device=keys.device))
+        to_key, to_value, to_query = (centred_columns(gain * projection.weight.t()) for projection in (
             read.k_proj, read.v_proj, second_update.q_proj))
-        to_normed = _centred(gain * centring)
+        to_normed = centred_columns(gain * centring)
         to_final_key, to_final_value = (
             second_gain * projection.weight.t() for projection in (final.k_proj, final.v_proj)
         )
@@ -210,11 +173,11 @@ class UpdateMaps:
         return cls(
             centred_squares=centred.square().sum(dim=-1),
             out_reads=centred_rows.reads(centred),
-            key_reads=_per_head(centred @ to_key, heads),
-            key_pe=_per_head(key_pe @ read.k_proj.weight.t(), heads),
-            value_reads=_per_head(centred @ to_value, heads),
-            query_reads=_per_head(centred @ to_query, heads),
-            query_pe=_per_head(key_pe @ second_update.q_proj.weight.t(), heads),
+            key_reads=per_head(centred @ to_key, heads),
+            key_pe=per_head(key_pe @ read.k_proj.weight.t(), heads),
+            value_reads=per_head(centred @ to_value, heads),
+            query_reads=per_head(centred @ to_query, heads),
+            query_pe=per_head(key_pe @ second_update.q_proj.weight.t(), heads),
             centred_rows=centred_rows,
             key_rows=ValueMap.of(update.out_proj, heads, to_key),
             value_rows=ValueMap.of(update.out_proj, heads, to_value),
@@ -224,9 +187,9 @@ class UpdateMaps:
             normed_squares=normed.square().sum(dim=-1),
             normed_first_reads=normed_rows.reads(normed),
             normed_second_reads=second_rows.reads(normed),
-            final_key_reads=_per_head(normed @ to_final_key, heads),
-            final_key_pe=_per_head(key_pe @ final.k_proj.weight.t(), heads),
-            final_value_reads=_per_head(normed @ to_final_value, heads),
+            final_key_reads=per_head(normed @ to_final_key, heads),
+            final_key_pe=per_head(key_pe @ final.k_proj.weight.t(), heads),
+            final_value_reads=per_head(normed @ to_final_value, heads),
             normed_rows=normed_rows,
             second_rows=second_rows,
             final_key_rows=through_both(to_final_key),
