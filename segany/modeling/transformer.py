@@ -132,17 +132,23 @@ class TokenAttention(nn.Module):
         rides along as b_o / heads on every value row, since each head's weights sum to 1.
         """
         batch, tokens, width = keys.shape
-        k = self.k_proj(keys).view(batch, tokens, self.num_heads, self.head_dim) / math.sqrt(self.head_dim)
+        k, v = self.head_keys_values(keys, values)
         if projected:
             folded, bias = k.reshape(image_batch, -1, self.num_heads, self.head_dim).transpose(1, 2), None
         else:
             folded = torch.einsum("bthe,hec->bhtc", k, self.per_head(self.q_proj)).reshape(image_batch, -1, width)
             bias = torch.einsum("bthe,he->bht", k, self.q_proj.bias.view(self.num_heads, self.head_dim))
             bias = bias.reshape(image_batch, -1, 1)
-        v = self.v_proj(values).view(batch, tokens, self.num_heads, self.head_dim)
         out_weight = self.out_proj.weight.view(width, self.num_heads, self.head_dim)
         rows = torch.einsum("bthe,che->bhtc", v, out_weight) + self.out_proj.bias / self.num_heads
-        return ImageUpdate(folded, bias, rows.reshape(batch, -1, width), self.num_heads, tokens, v, k)
+        return ImageUpdate(folded, bias, rows.reshape(batch, -1, width), self.num_heads, tokens, v)
+
+    def head_keys_values(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens' (B x T x C) keys, scaled for the logits, and values per head: B x T x heads x
+        head_dim each, before any folding."""
+        batch, tokens, _ = keys.shape
+        k = self.k_proj(keys).view(batch, tokens, self.num_heads, self.head_dim) / math.sqrt(self.head_dim)
+        return k, self.v_proj(values).view(batch, tokens, self.num_heads, self.head_dim)
 
 
 @dataclass
@@ -155,7 +161,6 @@ class ImageUpdate:
     heads: int
     tokens: int
     head_values: torch.Tensor  # B x T x heads x head_dim, the values before it
-    head_keys: torch.Tensor  # B x T x heads x head_dim, the keys before folding, scaled for the logits
 
     def weights(self, queries: torch.Tensor) -> torch.Tensor:
         """The attention weights (B x heads*T x n) of n image tokens whose queries are ``queries``
@@ -319,6 +324,10 @@ class TwoWayAttentionBlock(nn.Module):
         """The token side of the image->token attention, for the tokens (B x T x C)."""
         return self.cross_attn_image_to_token.image_update(queries + query_pe, queries, image_batch, projected)
 
+    def update_heads(self, queries: torch.Tensor, query_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image->token attention's keys and values per head, unfolded (for update maps)."""
+        return self.cross_attn_image_to_token.head_keys_values(queries + query_pe, queries)
+
 
 class TwoWayTransformer(nn.Module):
     """A stack of two-way blocks and a final token->image attention."""
@@ -403,12 +412,7 @@ class TwoWayTransformer(nn.Module):
         split = PixelSplit(image.keys.shape[1], streams)
         if factored and image.update_maps is not None:
             return self._run_on_update_maps(image, point_embedding, outputs, split)
-        first = self.layers[0]
-        queries = first.attend_tokens(point_embedding, pe)
-        attended = first.cross_attn_token_to_image.read_projected_image(
-            queries + pe, image.token_to_image_k, image.token_to_image_v
-        )
-        queries = first.take_reading(queries, attended)
+        queries = self._first_read(image, point_embedding)
         keys, key_pe = split.cut(image.keys), split.cut(image.key_pe)
         # What the image tokens query the tokens with: the first block's projections, then themselves.
         image_queries = split.cut(image.image_to_token_q, dim=2)
@@ -447,11 +451,7 @@ class TwoWayTransformer(nn.Module):
         tokens are not returned (None)."""
         pe = point_embedding
         first, second = self.layers
-        queries = first.attend_tokens(point_embedding, pe)
-        attended = first.cross_attn_token_to_image.read_projected_image(
-            queries + pe, image.token_to_image_k, image.token_to_image_v
-        )
-        queries = first.take_reading(queries, attended)
+        queries = self._first_read(image, point_embedding)
         reading = second.attend_tokens(queries, pe)
         update = first.image_update(queries, pe, len(image.keys), projected=True)
         read = second.cross_attn_token_to_image
@@ -467,8 +467,9 @@ class TwoWayTransformer(nn.Module):
         reading = queries if outputs is None else take_tokens(queries, outputs)
         final = self.final_attn_token_to_image
         final_queries = final.head_queries(reading + (pe if outputs is None else take_tokens(pe, outputs)))
-        second_update = second.image_update(queries, pe, len(queries), projected=False)
-        update_prompts = prompts.for_update(second_update.head_keys, second_update.head_values, final_queries)
+        # The second update's heads alone: its keys and values are only read through the maps.
+        second_keys, second_values = second.update_heads(queries, pe)
+        update_prompts = prompts.for_update(second_keys, second_values, final_queries)
         second_weights, second_rstd, logits = zip(*split.map(update_prompts.second_update, split.ranges, weights, rstd))
         blocks = [[(w, r), (w2, r2)] for w, r, w2, r2 in zip(weights, rstd, second_weights, second_rstd, strict=True)]
         shares = split.exponential_shares(logits, update_prompts.weigh_final, split.ranges, blocks)
@@ -477,7 +478,17 @@ class TwoWayTransformer(nn.Module):
             RangeFactors(part, [block[0][0], block[1][0]], [block[0][1], block[1][1]])
             for part, block in zip(split.ranges, blocks, strict=True)
         ]
-        return TransformerResult(queries, None, (kept, [update.head_values, second_update.head_values]))
+        return TransformerResult(queries, None, (kept, [update.head_values, second_values]))
+
+    def _first_read(self, image: ImageSide, point_embedding: torch.Tensor) -> torch.Tensor:
+        """The first block's token side up to its image update: the tokens' self-attention, their
+        read of the image's projected keys and values, their MLP (B x T x C)."""
+        first = self.layers[0]
+        queries = first.attend_tokens(point_embedding, point_embedding)
+        attended = first.cross_attn_token_to_image.read_projected_image(
+            queries + point_embedding, image.token_to_image_k, image.token_to_image_v
+        )
+        return first.take_reading(queries, attended)
 
     @staticmethod
     def _update_range(
